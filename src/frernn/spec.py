@@ -118,7 +118,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
     except FileNotFoundError:
         raise FrernnError(f"spec file not found: {path}") from None
     except yaml.YAMLError as exc:
-        raise FrernnError(f"spec file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        first_line = str(exc).splitlines()[0]
+        raise FrernnError(f"spec file {path} is not valid YAML: {first_line}") from None
     return resolve(raw, overrides)
 
 
@@ -133,7 +134,7 @@ def config_hash(spec: dict[str, Any]) -> str:
 
 
 def run_id(spec: dict[str, Any]) -> str:
-    """Readable, stable id of a configuration, e.g. ``mnist-ep-L10-w64-residual-symm-b0.1-3f9a2c``."""
+    """Readable, stable id of a configuration: ``mnist-ep-L10-w64-residual-symm-...-3f9a2c``."""
     model, ep = spec["model"], spec["ep"]
     if model["kind"] == "conv":
         arch = "conv" + "-".join(str(c) for c in model["channels"])

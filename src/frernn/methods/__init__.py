@@ -1,0 +1,72 @@
+"""Learning rules: EP (layered and conv), BP and FA; ``build_learner`` picks one from a run spec."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from frernn.errors import FrernnError
+from frernn.methods.backprop import Backprop
+from frernn.methods.ep import LayeredEP
+from frernn.models.graph import LayerGraph
+from frernn.models.layered import LayeredFRERNN
+
+if TYPE_CHECKING:
+    from frernn.data import DatasetInfo
+
+
+class Learner(Protocol):
+    """What the training loop needs from a learning rule (docs/architecture.md)."""
+
+    net: nn.Module
+
+    def parameter_groups(self) -> list[list[Tensor]]: ...
+
+    def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def predict(self, x: Tensor) -> Tensor: ...
+
+
+def build_net(spec: dict[str, Any], info: DatasetInfo, generator: torch.Generator) -> nn.Module:
+    """The network a run spec describes, initialised from ``generator``."""
+    model, ep = spec["model"], spec["ep"]
+    if model["kind"] == "conv":
+        from frernn.models.conv import ConvFRERNN
+
+        return ConvFRERNN(
+            info.shape,
+            model["channels"],
+            info.n_classes,
+            beta=ep["beta"],
+            alpha=ep["alpha"],
+            generator=generator,
+        )
+    graph = LayerGraph.build(model["topology"], model["depth"], model["agt_p"], generator)
+    in_features = info.shape[0] * info.shape[1] * info.shape[2]
+    return LayeredFRERNN(
+        in_features,
+        info.n_classes,
+        graph,
+        model["width"],
+        model["feedback"],
+        ep["alpha"],
+        ep["beta"],
+        generator,
+    )
+
+
+def build_learner(spec: dict[str, Any], info: DatasetInfo, generator: torch.Generator) -> Learner:
+    """Network plus learning rule of a run spec (on CPU; move ``learner.net`` afterwards)."""
+    net = build_net(spec, info, generator)
+    method, ep = spec["method"], spec["ep"]
+    if method in ("bp", "fa"):
+        return Backprop(net, feedback_alignment=method == "fa")
+    if spec["model"]["kind"] == "conv":
+        from frernn.methods.ep_conv import ConvEP
+
+        if ep["nudge_rule"] != "recompute":
+            raise FrernnError("invalid run spec: ep.nudge_rule: the conv net uses recompute")
+        return ConvEP(net, ep["T"], ep["K"], ep["nudge"])
+    return LayeredEP(net, ep["T"], ep["K"], ep["nudge"], ep["nudge_rule"])

@@ -1,0 +1,30 @@
+"""BP and FA baselines: autograd through a net's feed-forward twin (SPEC §2, "Baselines")."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Backprop:
+    """Softmax cross-entropy on ``net.feedforward``; FA swaps fixed matrices into the backward."""
+
+    def __init__(self, net: nn.Module, feedback_alignment: bool = False) -> None:
+        self.net, self.feedback_alignment = net, feedback_alignment
+
+    def parameter_groups(self) -> list[list[Tensor]]:
+        return self.net.layer_parameters()
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        return self.net.feedforward(x)
+
+    def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        for p in self.net.parameters():
+            p.grad = None
+        with torch.enable_grad():
+            logits = self.net.feedforward(x, feedback_alignment=self.feedback_alignment)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+        return loss.detach(), logits.detach()

@@ -1,0 +1,1 @@
+"""Network definitions: the layered/graph FRE-RNN and the convolutional variant."""

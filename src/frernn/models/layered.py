@@ -1,0 +1,250 @@
+"""The layered FRE-RNN of SPEC §1 on any layer graph, with its feed-forward twin."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from frernn.errors import FrernnError
+from frernn.models.graph import LayerGraph
+
+StepHook = Callable[[int, Tensor, Tensor], None]
+
+
+def glorot(rows: int, cols: int, generator: torch.Generator) -> Tensor:
+    """Glorot-uniform matrix U(+-sqrt(6 / (rows + cols)))."""
+    bound = math.sqrt(6.0 / (rows + cols))
+    return (torch.rand(rows, cols, generator=generator) * 2 - 1) * bound
+
+
+@dataclass(frozen=True)
+class EdgeGroup:
+    """Edges sharing one layer offset: their sources, targets and rows of the matrix stack."""
+
+    src: slice | Tensor
+    dst: slice | Tensor
+    rows: slice
+
+
+def _selector(indices: list[int]) -> slice | Tensor:
+    """A strided slice where the indices form a progression (a view), else an index tensor."""
+    step = indices[1] - indices[0] if len(indices) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in zip(indices, indices[1:], strict=False)):
+        return slice(indices[0], indices[-1] + 1, step)
+    return torch.tensor(indices)
+
+
+class FeedbackAlignedLinear(torch.autograd.Function):
+    """``x @ w`` whose backward sends the error through a fixed matrix instead of ``w.T``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w: Tensor, feedback: Tensor) -> Tensor:
+        ctx.save_for_backward(x, feedback)
+        return x @ w
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
+        x, feedback = ctx.saved_tensors
+        return grad @ feedback, x.T @ grad, None
+
+
+class LayeredFRERNN(nn.Module):
+    """Hidden layers of equal width on a LayerGraph, tanh units, softmax readout outside the loop.
+
+    States of all layers are stacked as one ``(L, m, n)`` tensor; edges with the same layer
+    offset are applied by one batched matmul on views, so a chain costs two per step.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        n_classes: int,
+        graph: LayerGraph,
+        width: int,
+        feedback: str,
+        alpha: float,
+        beta: float,
+        generator: torch.Generator,
+    ) -> None:
+        super().__init__()
+        self.graph, self.width, self.alpha, self.beta = graph, width, alpha, beta
+        self.symmetric = feedback == "symmetric"
+        n = width
+        self.w_in = nn.Parameter(glorot(in_features, n, generator))
+        self.forward_edges = graph.forward_edges
+        self.w_fwd = nn.ParameterList(
+            nn.Parameter(glorot(n, n, generator)) for _ in self.forward_edges
+        )
+        self.w_out = nn.Parameter(glorot(n, n_classes, generator))
+        forward_index = {edge: k for k, edge in enumerate(self.forward_edges)}
+        self.feedback_edges = graph.feedback_edges
+        self.tied = [
+            forward_index.get((dst, src)) if self.symmetric else None
+            for src, dst in self.feedback_edges
+        ]
+        n_random = sum(t is None for t in self.tied)
+        self.register_buffer(
+            "b_fixed",
+            torch.stack([glorot(n, n, generator) for _ in range(n_random)])
+            if n_random
+            else torch.zeros(0, n, n),
+        )
+        self.register_buffer("e_out_fixed", glorot(n_classes, n, generator))
+        self._build_groups()
+
+    def _build_groups(self) -> None:
+        """Group all edges by offset so one step is a handful of batched matmuls."""
+        edges = self.forward_edges + self.feedback_edges
+        by_offset: dict[int, list[int]] = {}
+        for k, (src, dst) in enumerate(edges):
+            by_offset.setdefault(dst - src, []).append(k)
+        self.stack_order: list[int] = []
+        self.groups: list[EdgeGroup] = []
+        for offset in sorted(by_offset):
+            members = sorted(by_offset[offset], key=lambda k: edges[k][0])
+            start = len(self.stack_order)
+            self.stack_order += members
+            self.groups.append(
+                EdgeGroup(
+                    src=_selector([edges[k][0] - 1 for k in members]),
+                    dst=_selector([edges[k][1] - 1 for k in members]),
+                    rows=slice(start, len(self.stack_order)),
+                )
+            )
+
+    @property
+    def depth(self) -> int:
+        return self.graph.depth
+
+    def _apply(self, fn, recurse=True):
+        """Move index tensors of the edge groups along with the parameters."""
+        module = super()._apply(fn, recurse)
+        device = self.w_in.device
+        self.groups = [
+            EdgeGroup(
+                *(s.to(device) if isinstance(s, Tensor) else s for s in (g.src, g.dst)), g.rows
+            )
+            for g in self.groups
+        ]
+        return module
+
+    def feedback_matrices(self) -> list[Tensor]:
+        """The unscaled matrix of every feedback edge: W^T when tied, else its fixed B."""
+        fixed = iter(self.b_fixed)
+        return [self.w_fwd[t].T if t is not None else next(fixed) for t in self.tied]
+
+    def error_feedback(self) -> Tensor:
+        """E_out (classes x n) carrying the output error into the top layer."""
+        return self.w_out.T if self.symmetric else self.e_out_fixed
+
+    @torch.no_grad()
+    def recurrent_stack(self) -> Tensor:
+        """All scaled edge matrices (E, n, n) in group order; rebuild after each weight update."""
+        mats = [self.alpha * w for w in self.w_fwd] + [
+            self.beta * b for b in self.feedback_matrices()
+        ]
+        if not mats:
+            return torch.zeros(0, self.width, self.width, device=self.w_in.device)
+        return torch.stack([mats[k] for k in self.stack_order])
+
+    def dense_recurrent_matrix(self) -> Tensor:
+        """The full scaled hidden-to-hidden matrix (L*n, L*n), row-vector convention."""
+        n, stack = self.width, self.recurrent_stack()
+        edges = self.forward_edges + self.feedback_edges
+        big = torch.zeros(self.depth * n, self.depth * n, dtype=stack.dtype, device=stack.device)
+        for row, k in enumerate(self.stack_order):
+            src, dst = edges[k]
+            big[(src - 1) * n : src * n, (dst - 1) * n : dst * n] += stack[row]
+        return big
+
+    def zero_state(self, batch: int) -> Tensor:
+        """All-zero states (L, m, n)."""
+        return self.w_in.new_zeros(self.depth, batch, self.width)
+
+    @torch.no_grad()
+    def input_drive(self, x: Tensor) -> Tensor:
+        """The constant drive ``x W_0`` into layer 1, as the (L, m, n) base of every step."""
+        base = self.zero_state(x.shape[0])
+        torch.matmul(x.flatten(1), self.w_in, out=base[0])
+        return base
+
+    @torch.no_grad()
+    def relax(
+        self, state: Tensor, base: Tensor, stack: Tensor, steps: int, hook: StepHook | None = None
+    ) -> Tensor:
+        """Run ``steps`` synchronous updates s <- tanh(base + sum of edge drives); returns s.
+
+        ``hook(k, state, base)`` may rewrite ``base`` before step k (1-based), e.g. a nudge.
+        """
+        current, spare = state.clone(), torch.empty_like(state)
+        drive = torch.empty_like(state)
+        for k in range(1, steps + 1):
+            if hook is not None:
+                hook(k, current, base)
+            drive.copy_(base)
+            for g in self.groups:
+                if isinstance(g.dst, slice):
+                    drive[g.dst].baddbmm_(current[g.src], stack[g.rows])
+                else:
+                    drive.index_add_(0, g.dst, torch.bmm(current[g.src], stack[g.rows]))
+            torch.tanh(drive, out=spare)
+            current, spare = spare, current
+        return current
+
+    def readout(self, top: Tensor) -> Tensor:
+        """Logits of the feed-forward readout from the top hidden layer."""
+        return top @ self.w_out
+
+    @torch.no_grad()
+    def free_phase(self, x: Tensor, steps: int) -> Tensor:
+        """Free relaxation from zero: the (L, m, n) state after ``steps`` steps."""
+        base = self.input_drive(x)
+        return self.relax(self.zero_state(x.shape[0]), base, self.recurrent_stack(), steps)
+
+    def feedforward(self, x: Tensor, feedback_alignment: bool = False) -> Tensor:
+        """Logits of the feed-forward twin (feedback removed), differentiable by autograd.
+
+        With ``feedback_alignment`` the backward pass uses the fixed feedback matrices.
+        """
+        feedback = self._alignment_matrices() if feedback_alignment else None
+        states = {1: torch.tanh(x.flatten(1) @ self.w_in)}
+        for j in range(2, self.depth + 1):
+            incoming = [k for k, (_, dst) in enumerate(self.forward_edges) if dst == j]
+            h = sum(
+                self._linear(states[self.forward_edges[k][0]], self.w_fwd[k], feedback, k)
+                for k in incoming
+            )
+            states[j] = torch.tanh(self.alpha * h)
+        top = states[self.depth]
+        if feedback is None:
+            return top @ self.w_out
+        return FeedbackAlignedLinear.apply(top, self.w_out, self.e_out_fixed)
+
+    @staticmethod
+    def _linear(x: Tensor, w: Tensor, feedback: list[Tensor] | None, k: int) -> Tensor:
+        return x @ w if feedback is None else FeedbackAlignedLinear.apply(x, w, feedback[k])
+
+    def _alignment_matrices(self) -> list[Tensor]:
+        """For each forward edge i->j the fixed matrix of its feedback edge j->i (FA)."""
+        if self.symmetric:
+            raise FrernnError("method fa needs model.feedback: asymmetric")
+        matrices = dict(zip(self.feedback_edges, self.feedback_matrices(), strict=True))
+        missing = [e for e in self.forward_edges if (e[1], e[0]) not in matrices]
+        if missing:
+            raise FrernnError(
+                f"method fa needs a feedback edge for every forward edge, not {missing[0]}"
+            )
+        return [matrices[(dst, src)] for src, dst in self.forward_edges]
+
+    def layer_parameters(self) -> list[list[Tensor]]:
+        """One parameter group per layer, input to output: W_0, the edges into 2..L, W_out."""
+        groups = [[self.w_in]]
+        for j in range(2, self.depth + 1):
+            groups.append(
+                [w for w, (_, dst) in zip(self.w_fwd, self.forward_edges, strict=True) if dst == j]
+            )
+        return [g for g in groups if g] + [[self.w_out]]

@@ -1,0 +1,190 @@
+"""Reading the aggregated CSVs and rendering the tables as the paper prints them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+from pandas.io.formats.style import Styler
+
+from frernn.errors import FrernnError
+
+DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST"}
+PAPER_DATASETS = ("mnist", "cifar10")
+STATS = ("test_best_mean", "test_best_std", "test_final_mean", "test_final_std", "train_best_mean")
+SUMMARY_COLUMNS = ("row", "method", "dataset", "n", "diverged", *STATS)
+MATCH_CSS = "background-color: #d9efe6"  # within 2 sd of the published value (bluish green tint)
+MISMATCH_CSS = "background-color: #f9dcc4; font-weight: bold"  # outside: vermillion tint
+DIVERGED_CSS = "color: #D55E00; font-weight: bold"
+
+
+def read_csv(path: str | Path, columns: Iterable[str] = (), scale: str | None = None) -> pd.DataFrame:
+    """Load an aggregated CSV; a missing, empty or malformed file raises FrernnError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FrernnError(f"missing CSV {path}: run the workflow target that writes it")
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise FrernnError(f"empty CSV {path}: it has no header and no rows") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise FrernnError(f"malformed CSV {path}: {exc}") from None
+    if df.empty:
+        raise FrernnError(f"empty CSV {path}: it has a header but no rows")
+    lacking = [c for c in columns if c not in df.columns]
+    if lacking:
+        raise FrernnError(f"CSV {path} lacks column(s): {', '.join(lacking)}")
+    if scale and "scale" in df.columns:
+        found = sorted({str(s) for s in df["scale"].dropna()} - {scale})
+        if found:
+            raise FrernnError(f"CSV {path} holds scale {', '.join(found)}, expected {scale}")
+    return df
+
+
+def is_true(value: object) -> bool:
+    """A CSV boolean (True/False, 1/0, 'true'), missing counting as false."""
+    if isinstance(value, str):
+        return value.strip().lower() in {"true", "1", "yes"}
+    return bool(value) and not (isinstance(value, float) and math.isnan(value))
+
+
+def paper_dataset(df: pd.DataFrame) -> pd.Series:
+    """The paper's dataset column each row stands for, whichever of dataset/substitute names it."""
+
+    def pick(row: pd.Series) -> str:
+        names = [str(row.get(c, "")) for c in ("dataset", "substitute")]
+        return next((n for n in names if n in PAPER_DATASETS), names[0])
+
+    return df.apply(pick, axis=1)
+
+
+def substitute_of(df: pd.DataFrame) -> str | None:
+    """The dataset every run actually used in place of the paper's, or None."""
+    used = set()
+    for _, row in df.iterrows():
+        names = {str(row.get(c, "")) for c in ("dataset", "substitute")} & set(DATASET_LABELS)
+        used |= names - set(PAPER_DATASETS)
+    return ", ".join(sorted(used)) or None
+
+
+def dataset_label(name: str, substitute: str | None) -> str:
+    """Column heading for a dataset, saying what it was replaced by."""
+    label = DATASET_LABELS.get(name, name)
+    if substitute:
+        label += f" (ran on {DATASET_LABELS.get(substitute, substitute)})"
+    return label
+
+
+def fmt_acc(mean: float, std: float = math.nan, train: float = math.nan) -> str:
+    """``97.64 ± 0.10 (99.98)`` as the paper prints accuracies; empty when there is no value."""
+    if pd.isna(mean):
+        return ""
+    text = f"{mean:.2f}" if pd.isna(std) else f"{mean:.2f} ± {std:.2f}"
+    return text if pd.isna(train) else f"{text} ({train:.2f})"
+
+
+def fmt_duration(seconds: float) -> str:
+    """``h:mm:ss`` as the paper prints wall clock; empty when unknown."""
+    if pd.isna(seconds):
+        return ""
+    total = round(float(seconds))
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def fmt_diff(value: float) -> str:
+    """A signed difference in points, empty when there is nothing to compare."""
+    return "" if pd.isna(value) else f"{value:+.2f}"
+
+
+def _value(row: pd.Series, column: str) -> float:
+    """A numeric cell, NaN when the column is absent or empty."""
+    return pd.to_numeric(row.get(column, math.nan), errors="coerce")
+
+
+def _cells(row: pd.Series) -> tuple[dict[str, str], dict[str, str]]:
+    """Display strings and CSS of one configuration's comparison fields."""
+    n, expected = _value(row, "n"), _value(row, "n_expected")
+    diverged = _value(row, "diverged")
+    text = {
+        "reproduced": fmt_acc(row["test_best_mean"], row["test_best_std"], row["train_best_mean"]),
+        "final epoch": fmt_acc(row["test_final_mean"], row["test_final_std"]),
+        "published": fmt_acc(
+            _value(row, "paper_test_mean"),
+            _value(row, "paper_test_std"),
+            _value(row, "paper_train"),
+        ),
+        "Δ": fmt_diff(_value(row, "diff")),
+        "n": "" if pd.isna(n) else f"{n:.0f}" + ("" if pd.isna(expected) else f"/{expected:.0f}"),
+        "diverged": "" if pd.isna(diverged) else f"{diverged:.0f}",
+        "wall clock": fmt_duration(_value(row, "wall_seconds_mean")),
+    }
+    if "paper_wall_seconds" in row.index:
+        text["published wall clock"] = fmt_duration(_value(row, "paper_wall_seconds"))
+    css = dict.fromkeys(text, "")
+    if text["Δ"]:
+        css["Δ"] = MATCH_CSS if is_true(row.get("within_2sd")) else MISMATCH_CSS
+    if diverged > 0:
+        css["diverged"] = DIVERGED_CSS
+    return text, css
+
+
+def comparison_table(df: pd.DataFrame) -> Styler:
+    """Rows (row, method) × per-dataset groups: reproduced, final epoch, published, Δ, n, diverged."""
+    substitute = substitute_of(df)
+    datasets = list(dict.fromkeys(paper_dataset(df)))
+    text: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
+    css: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
+    for (_, row), dataset in zip(df.iterrows(), paper_dataset(df), strict=True):
+        key = (str(row["row"]), str(row["method"]))
+        group = dataset_label(dataset, substitute)
+        row_text, row_css = _cells(row)
+        text.setdefault(key, {}).update({(group, f): v for f, v in row_text.items()})
+        css.setdefault(key, {}).update({(group, f): v for f, v in row_css.items()})
+    groups = [dataset_label(d, substitute) for d in datasets]
+    fields = list(dict.fromkeys(f for cells in text.values() for _, f in cells))
+    columns = pd.MultiIndex.from_tuples([(g, f) for g in groups for f in fields])
+    index = pd.MultiIndex.from_tuples(list(text), names=["row", "method"])
+    shown = pd.DataFrame.from_dict(text, orient="index").reindex(columns=columns).fillna("")
+    styles = pd.DataFrame.from_dict(css, orient="index").reindex(columns=columns).fillna("")
+    shown.index, styles.index = index, index
+    return shown.style.apply(lambda _: styles, axis=None)
+
+
+def sweep_matrix(df: pd.DataFrame, index: str = "depth", columns: str = "beta") -> Styler:
+    """Table S1's layout: one block of rows per ``index`` value, one column per ``columns`` value."""
+    text: dict[tuple[str, str], dict[str, str]] = {}
+    css: dict[tuple[str, str], dict[str, str]] = {}
+    for _, row in df.sort_values([index, columns]).iterrows():
+        row_text, row_css = _cells(row)
+        column = f"{columns} = {row[columns]:g}"
+        for field in ("reproduced", "final epoch", "published", "Δ", "diverged"):
+            key = (f"L = {row[index]:g}" if index == "depth" else f"{index} = {row[index]:g}", field)
+            text.setdefault(key, {})[column] = row_text[field]
+            css.setdefault(key, {})[column] = row_css[field]
+    shown = pd.DataFrame.from_dict(text, orient="index").fillna("")
+    styles = pd.DataFrame.from_dict(css, orient="index").reindex_like(shown).fillna("")
+    return shown.style.apply(lambda _: styles, axis=None)
+
+
+def render(name: str, df: pd.DataFrame) -> Styler:
+    """The paper layout of table ``name`` (table1, table2, tableS1) from its aggregated CSV."""
+    missing = [c for c in SUMMARY_COLUMNS if c not in df.columns]
+    if missing:
+        raise FrernnError(f"{name}.csv lacks column(s): {', '.join(missing)}")
+    if name == "tableS1":
+        lacking = [c for c in ("depth", "beta") if c not in df.columns]
+        if lacking:
+            raise FrernnError(f"{name}.csv lacks column(s): {', '.join(lacking)}")
+        return sweep_matrix(df)
+    return comparison_table(df)
+
+
+def provenance(scale: str, substitute: str = "") -> str:
+    """One Markdown line saying at which scale, and on which data, a table or figure was made."""
+    text = f"**scale:** {scale}"
+    if substitute:
+        label = DATASET_LABELS.get(substitute, substitute)
+        text += f"; **dataset substituted:** every experiment ran on {label}, no paper comparison"
+    return text

@@ -1,0 +1,112 @@
+"""Slurm integration: a real one-node cluster runs a batch job and the smoke pipeline."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pytest
+
+if TYPE_CHECKING:
+    from slurm_cluster import SlurmCluster
+
+pytest_plugins = ["slurm_cluster"]
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "slurm", "notebooks")
+SMOKE = ["--config", "scale=smoke", "dataset_substitute=fashion_mnist"]
+SLURM_FLAGS = [
+    "--slurm-status-command",
+    "squeue",
+    "--slurm-init-seconds-before-status-checks",
+    "2",
+    "--slurm-keep-successful-logs",
+]
+SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+)\)")
+
+
+def _wait_for_completion(cluster: SlurmCluster, job_id: str, timeout: float = 60) -> None:
+    """Poll ``squeue`` until the job has left the pending/running states."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = cluster.run("squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T").stdout.strip()
+        if state not in ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING"):
+            assert state == "COMPLETED", f"job {job_id} ended {state}"
+            return
+        time.sleep(0.5)
+    pytest.fail(f"job {job_id} did not finish within {timeout} s")
+
+
+def test_sbatch_runs_a_job_on_the_node(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """A batch job with a nested srun step (as the executor's job step does) completes."""
+    out = tmp_path / "job.out"
+    job_id = slurm_cluster.run(
+        "sbatch",
+        "--parsable",
+        f"--output={out}",
+        f"--chdir={tmp_path}",
+        "--wrap",
+        "srun -n1 hostname && echo SLURM_JOB_ID=$SLURM_JOB_ID",
+    ).stdout.strip()
+    assert job_id.isdigit()
+    _wait_for_completion(slurm_cluster, job_id)
+    assert out.read_text().split() == [socket.gethostname(), f"SLURM_JOB_ID={job_id}"]
+
+
+def _workflow_copy(dest: Path) -> Path:
+    """Copy the repo's workflow files (not results/ or data/) into ``dest``."""
+    missing = [name for name in WORKFLOW_FILES if not (REPO / name).exists()]
+    assert not missing, f"workflow files missing from the repo: {missing}"
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name)
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def _snakemake(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the venv's snakemake in ``workdir``; fail the test with its log tail on error."""
+    snakemake = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "snakemake"
+    cmd = [str(snakemake), "results/table2.csv", *SMOKE, *args]
+    proc = subprocess.run(
+        cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=1800, check=False
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.mark.slow
+def test_smoke_table2_through_slurm_matches_local(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """Every training job of the smoke table 2 goes through sbatch; the table equals a local run."""
+    env = {**slurm_cluster.env, "FRERNN_DATA_DIR": str(tmp_path / "data")}
+    env.pop("SBATCH_ACCOUNT", None)
+    env.pop("SBATCH_PARTITION", None)
+    on_slurm = _workflow_copy(tmp_path / "slurm_run")
+    local = _workflow_copy(tmp_path / "local_run")
+
+    proc = _snakemake(on_slurm, "--profile", "slurm", *SLURM_FLAGS, env=env)
+    slurm_logs = {Path(log) for _, log in SUBMITTED.findall(proc.stderr)}
+    train_logs = {log for log in slurm_logs if log.parent.parent.name.startswith("rule_train")}
+    runs = sorted((on_slurm / "results" / "runs").rglob("metrics.json"))
+    assert runs, "the smoke table 2 trained nothing"
+    assert len(train_logs) == len(runs), f"{len(runs)} runs, sbatch logs: {sorted(train_logs)}"
+    assert all(log.is_file() for log in train_logs)
+
+    _snakemake(local, "--cores", "2", env=env)
+    timing = [c for c in pd.read_csv(local / "results" / "table2.csv").columns if "wall" in c]
+    pd.testing.assert_frame_equal(
+        pd.read_csv(on_slurm / "results" / "table2.csv").drop(columns=timing),
+        pd.read_csv(local / "results" / "table2.csv").drop(columns=timing),
+    )
