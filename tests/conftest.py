@@ -116,3 +116,11 @@ def fake_data_dir(_fake_data_template: Path, tmp_path_factory: pytest.TempPathFa
     """A fresh data dir holding fake MNIST, Fashion-MNIST and CIFAR-10 (FAKE_TRAIN/FAKE_TEST
     images each, from ``fake_images``) installed by ``frernn.data.import_dir``."""
     return Path(shutil.copytree(_fake_data_template, tmp_path_factory.mktemp("data") / "data"))
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Fashion-MNIST (Debian package dataset-fashion-mnist) imported into a data dir."""
+    data_dir = tmp_path_factory.mktemp("fmnist")
+    data.ensure("fashion_mnist", data_dir, download=False)
+    return data_dir

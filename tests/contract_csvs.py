@@ -19,7 +19,11 @@ TABLE1 = [  # row, method, ours, published (test, std, train), wall seconds
     ("Conv", "EP", 99.1, (99.14, 0.02, 99.78), 748),
     ("Conv", "BP", 98.9, (98.93, 0.18, 99.43), 61),
 ]
-PEP_CITED = [("2HL", (98.05, 0.10), 6960), ("3HL", (97.99, 0.18), 30420), ("conv", (98.98, 0.04), 32280)]
+PEP_CITED = [
+    ("2HL", (98.05, 0.10), 6960),
+    ("3HL", (97.99, 0.18), 30420),
+    ("conv", (98.98, 0.04), 32280),
+]
 TABLE2 = [  # row, method, MNIST, CIFAR-10 (published test %)
     ("5-symm", "BP", 97.69, 49.23),
     ("5-symm", "EP", 97.64, 50.72),
@@ -30,7 +34,7 @@ TABLE2 = [  # row, method, MNIST, CIFAR-10 (published test %)
     ("10-symm", "EP-Residual", 97.49, 44.46),
     ("10-asymm", "FA", 94.52, 30.16),
     ("10-asymm", "EP", 87.37, 30.37),
-    ("10-asymm", "EP-AGT (P=0.2)", 96.87, 30.94),
+    ("10-asymm", "EP-AGT", 96.87, 30.94),
     ("20-symm", "BP", 97.48, 47.35),
     ("20-symm", "EP-Residual", 95.95, 43.61),
     ("Conv", "BP", 99.34, 75.45),
@@ -44,12 +48,14 @@ def _summary(table, row, method, dataset, ours, paper, scale, substitute, **grid
     """One summary-table row with the contract's columns; paper columns empty when substituted."""
     test, std, train = paper if paper and not substitute else (NAN, NAN, NAN)
     diff = ours - test if not math.isnan(test) else NAN
+    label = f"{row} {method}" if table in ("table1", "table2") and method != "P-EP (cited)" else row
     return {
         "table": table,
-        "row": row,
+        "row": label + (" (P=0.2)" if method == "EP-AGT" else ""),
         "method": method,
-        "dataset": dataset,
-        "substitute": substitute,
+        "dataset": "fashion_mnist" if substitute else dataset,
+        "paper_dataset": dataset,
+        "substitute": bool(substitute),
         "scale": scale,
         **grid,
         "n": 2,
@@ -80,62 +86,164 @@ def summary_tables(scale: str, substitute: str) -> dict[str, pd.DataFrame]:
     """table1, table2, tableS1, fig4 and figS8 as the aggregation writes them."""
     sub = {"scale": scale, "substitute": substitute}
     paper_wall = (lambda w: NAN) if substitute else (lambda w: w)
-    t1 = [_summary("table1", r, m, "mnist", o, p, **sub)
-          | {"wall_seconds_mean": w, "paper_wall_seconds": paper_wall(w)}
-          for r, m, o, p, w in TABLE1]  # fmt: skip
-    for row, (test, std), wall in PEP_CITED:
+    t1 = [
+        _summary("table1", r, m, "mnist", o, p, **sub)
+        | {"wall_seconds_mean": w, "paper_wall_seconds": paper_wall(w)}
+        for r, m, o, p, w in TABLE1
+    ]
+    for row, (test, std), wall in [] if substitute else PEP_CITED:
         cited = _summary("table1", row, "P-EP (cited)", "mnist", NAN, (test, std, NAN), **sub)
-        t1.append(cited | {"n": 0, "test_best_mean": NAN, "test_final_mean": NAN, "diff": NAN,
-                           "within_2sd": "", "wall_seconds_mean": NAN,
-                           "paper_wall_seconds": paper_wall(wall)})  # fmt: skip
-    t2 = [_summary("table2", r, m, d, p - 0.2, (p, 0.2, p + 2), **sub)
-          for r, m, mnist, cifar in TABLE2 for d, p in (("mnist", mnist), ("cifar10", cifar))]  # fmt: skip
-    s1 = [_summary("tableS1", f"L{d}", "EP", "mnist", _s1_accuracy(d, b), (_s1_accuracy(d, b), 0.1, NAN),
-                   **sub, depth=d, beta=b)
-          for d in S1_BEST for b in BETAS]  # fmt: skip
-    fig4 = [_summary("fig4", f"L{d}", "EP", "mnist", 90 + 2 * a - abs(math.log10(b) + 1), None, **sub,
-                     depth=d, alpha=a, beta=b)
-            for d in (2, 3, 5) for a in (0.1, 0.25, 0.5, 1.0) for b in (0.01, 0.1, 0.25, 0.5, 1.0)]  # fmt: skip
-    s8 = [_summary("figS8", f"P{p}", "EP", "mnist", 95 - 4 * abs(p - 0.3), None, **sub, depth=10, agt_p=p)
-          for p in (0.0, 0.02, 0.1, 0.2, 0.5, 1.0)]  # fmt: skip
-    return {n: pd.DataFrame(r) for n, r in
-            (("table1", t1), ("table2", t2), ("tableS1", s1), ("fig4", fig4), ("figS8", s8))}  # fmt: skip
+        t1.append(
+            cited
+            | {
+                "n": 0,
+                "test_best_mean": NAN,
+                "test_final_mean": NAN,
+                "diff": NAN,
+                "within_2sd": "",
+                "wall_seconds_mean": NAN,
+                "paper_wall_seconds": paper_wall(wall),
+            }
+        )
+    t2 = [
+        _summary("table2", r, m, d, p - 0.2, (p, 0.2, p + 2), **sub)
+        for r, m, mnist, cifar in TABLE2
+        for d, p in (("mnist", mnist), ("cifar10", cifar))
+    ]
+    s1 = [
+        _summary(
+            "tableS1",
+            f"L{d}",
+            "EP",
+            "mnist",
+            _s1_accuracy(d, b),
+            (_s1_accuracy(d, b), 0.1, NAN),
+            **sub,
+            depth=d,
+            beta=b,
+        )
+        for d in S1_BEST
+        for b in BETAS
+    ]
+    fig4 = [
+        _summary(
+            "fig4",
+            f"L{d}",
+            "EP",
+            "mnist",
+            90 + 2 * a - abs(math.log10(b) + 1),
+            None,
+            **sub,
+            depth=d,
+            alpha=a,
+            beta=b,
+        )
+        for d in (2, 3, 5)
+        for a in (0.1, 0.25, 0.5, 1.0)
+        for b in (0.01, 0.1, 0.25, 0.5, 1.0)
+    ]
+    s8 = [
+        _summary(
+            "figS8", f"P{p}", "EP", "mnist", 95 - 4 * abs(p - 0.3), None, **sub, depth=10, agt_p=p
+        )
+        for p in (0.0, 0.02, 0.1, 0.2, 0.5, 1.0)
+    ]
+    return {
+        n: pd.DataFrame(r)
+        for n, r in (("table1", t1), ("table2", t2), ("tableS1", s1), ("fig4", fig4), ("figS8", s8))
+    }
 
 
 def figure_data() -> dict[str, pd.DataFrame]:
     """fig2, fig3, fig5 and fig6 data with the contract's columns."""
     rng = np.random.default_rng(0)
-    fig2 = [{"config": c, "step": t, "neuron": i, "activity": np.tanh(rng.normal()),
-             "change": rng.normal() / (t + 1)}
-            for c in ("symm b0.1", "symm b2", "asymm b0.1", "asymm b4") for t in range(12)
-            for i in range(16)]  # fmt: skip
+    fig2 = [
+        {
+            "config": c,
+            "step": t,
+            "neuron": i,
+            "activity": np.tanh(rng.normal()),
+            "change": rng.normal() / (t + 1),
+        }
+        for c in ("symm b0.1", "symm b2", "asymm b0.1", "asymm b4")
+        for t in range(12)
+        for i in range(16)
+    ]
     fig3 = []
     for graph, skips in (("residual", [(1, 4), (4, 7), (7, 10)]), ("AGT P=0.2", [(2, 9), (8, 3)])):
         fig3.append({"graph": graph, "src": 0, "dst": 1, "kind": "input"})
         fig3.append({"graph": graph, "src": 10, "dst": 11, "kind": "readout"})
         for i in range(1, 10):
-            fig3 += [{"graph": graph, "src": i, "dst": i + 1, "kind": "forward"},
-                     {"graph": graph, "src": i + 1, "dst": i, "kind": "feedback"}]  # fmt: skip
+            fig3 += [
+                {"graph": graph, "src": i, "dst": i + 1, "kind": "forward"},
+                {"graph": graph, "src": i + 1, "dst": i, "kind": "feedback"},
+            ]
         for a, b in skips:
-            fig3.append({"graph": graph, "src": a, "dst": b, "kind": "forward" if a < b else "feedback"})
+            fig3.append(
+                {"graph": graph, "src": a, "dst": b, "kind": "forward" if a < b else "feedback"}
+            )
     fig5 = []
     for feedback in ("symmetric", "asymmetric"):
         for beta in BETAS:
             for phase in ("before", "after"):
-                values = {"sr": 0.5 + beta, "ftmle": math.log(beta) / 5, "mle": math.log(beta) / 6,
-                          "conv_time": 10 + 20 * beta, "conv_frac": max(0.0, 1 - beta / 4),
-                          "test_err": 2 + 10 * beta}  # fmt: skip
+                values = {
+                    "sr": 0.5 + beta,
+                    "ftmle": math.log(beta) / 5,
+                    "mle": math.log(beta) / 6,
+                    "conv_time": 10 + 20 * beta,
+                    "conv_frac": max(0.0, 1 - beta / 4),
+                    "test_err": 2 + 10 * beta,
+                }
                 if beta == 4.0:
                     values["conv_time"] = NAN  # nothing converged
-                fig5 += [{"feedback": feedback, "beta": beta, "phase": phase, "metric": m,
-                          "mean": v, "std": 0.05, "n": 2} for m, v in values.items()]  # fmt: skip
-    fig6 = [{"panel": "T-sweep", "depth": 2, "T": t, "K": t // 2, "beta": b, "epoch": e,
-             "test_acc_mean": 90 + e - 2 * b, "test_acc_std": 0.3, "n": 2}
-            for t in (10, 20, 50, 100) for b in (0.01, 0.1, 1.0, 4.0) for e in range(1, 4)]  # fmt: skip
-    fig6 += [{"panel": "depth-sweep", "depth": d, "T": 10 * d, "K": 5 * d, "beta": b, "epoch": e,
-              "test_acc_mean": _s1_accuracy(d, b) - 3 + e, "test_acc_std": 0.3, "n": 2}
-             for d in S1_BEST for b in BETAS for e in range(1, 4)]  # fmt: skip
-    return {n: pd.DataFrame(r) for n, r in (("fig2", fig2), ("fig3", fig3), ("fig5", fig5), ("fig6", fig6))}
+                fig5 += [
+                    {
+                        "feedback": feedback,
+                        "beta": beta,
+                        "phase": phase,
+                        "metric": m,
+                        "mean": v,
+                        "std": 0.05,
+                        "n": 2,
+                    }
+                    for m, v in values.items()
+                ]
+    fig6 = [
+        {
+            "panel": "T-sweep",
+            "depth": 2,
+            "T": t,
+            "K": t // 2,
+            "beta": b,
+            "epoch": e,
+            "test_acc_mean": 90 + e - 2 * b,
+            "test_acc_std": 0.3,
+            "n": 2,
+        }
+        for t in (10, 20, 50, 100)
+        for b in (0.01, 0.1, 1.0, 4.0)
+        for e in range(1, 4)
+    ]
+    fig6 += [
+        {
+            "panel": "depth-sweep",
+            "depth": d,
+            "T": 10 * d,
+            "K": 5 * d,
+            "beta": b,
+            "epoch": e,
+            "test_acc_mean": _s1_accuracy(d, b) - 3 + e,
+            "test_acc_std": 0.3,
+            "n": 2,
+        }
+        for d in S1_BEST
+        for b in BETAS
+        for e in range(1, 4)
+    ]
+    return {
+        n: pd.DataFrame(r)
+        for n, r in (("fig2", fig2), ("fig3", fig3), ("fig5", fig5), ("fig6", fig6))
+    }
 
 
 def runs_table(scale: str, substitute: str) -> pd.DataFrame:
@@ -144,13 +252,28 @@ def runs_table(scale: str, substitute: str) -> pd.DataFrame:
     for experiment in ("table1", "table2", "tableS1", "fig4", "fig5", "fig6", "figS8"):
         for config in range(2):
             for seed in range(2):
-                rows.append({"experiment": experiment, "run_id": f"{experiment}-c{config}", "seed": seed,
-                             "scale": scale, "dataset": "mnist", "substitute": substitute,
-                             "method": "ep", "label": f"c{config}", "test_acc_best": 95.0,
-                             "test_acc_final": 94.5, "train_acc_best": 97.0, "diverged": False,
-                             "wall_seconds": 30.0 + config, "device": "cpu",
-                             "torch_version": "2.14.1", "frernn_version": "0.1.0",
-                             "model.depth": 2, "ep.beta": 0.1})  # fmt: skip
+                rows.append(
+                    {
+                        "experiment": experiment,
+                        "run_id": f"{experiment}-c{config}",
+                        "seed": seed,
+                        "scale": scale,
+                        "dataset": substitute or "mnist",
+                        "substitute": bool(substitute),
+                        "method": "ep",
+                        "label": f"c{config}",
+                        "test_acc_best": 95.0,
+                        "test_acc_final": 94.5,
+                        "train_acc_best": 97.0,
+                        "diverged": False,
+                        "wall_seconds": 30.0 + config,
+                        "device": "cpu",
+                        "torch_version": "2.14.1",
+                        "frernn_version": "0.1.0",
+                        "model.depth": 2,
+                        "ep.beta": 0.1,
+                    }
+                )
     return pd.DataFrame(rows)
 
 

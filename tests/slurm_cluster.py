@@ -84,7 +84,8 @@ def _binary(name: str) -> str:
 
 
 def slurm_conf_text(root: Path, munge_socket: Path) -> str:
-    """A minimal slurm.conf: one idle node ``localhost`` in one default partition, no accounting."""
+    """A minimal slurm.conf: node ``localhost`` in a default partition ``debug`` and a second
+    one ``other`` (to see partition choice at work); no accounting."""
     return "\n".join(
         [
             MARKER,
@@ -115,6 +116,7 @@ def slurm_conf_text(root: Path, munge_socket: Path) -> str:
             "MinJobAge=300",
             f"NodeName=localhost {_node_hardware()} State=UNKNOWN",
             "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
+            "PartitionName=other Nodes=localhost Default=NO MaxTime=INFINITE State=UP",
             "",
         ]
     )
@@ -123,7 +125,7 @@ def slurm_conf_text(root: Path, munge_socket: Path) -> str:
 def _tail(path: Path, lines: int = 15) -> str:
     """The last lines of a daemon log, for failure messages."""
     if not path.exists():
-        return f"({path.name} missing)"
+        return "(missing)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
@@ -143,7 +145,7 @@ def _wait_until_idle(cluster: SlurmCluster, procs: dict[str, subprocess.Popen[by
             check=False,
         )
         state = proc.stdout.strip() or proc.stderr.strip()
-        if state == "idle":
+        if set(state.split()) == {"idle"}:
             return
         time.sleep(1)
     logs = "\n".join(f"--- {name}.log\n{_tail(cluster.root / f'{name}.log')}" for name in DAEMONS)

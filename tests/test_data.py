@@ -240,6 +240,35 @@ def test_load_rejects_a_damaged_install_naming_the_file_and_the_fix(
         data.load(name, fake_data_dir)
 
 
+@pytest.mark.parametrize(
+    "flaw,message",
+    [
+        ("label count", r"mnist test split has images \(200, 1, 28, 28\) and 199 labels"),
+        ("float pixels", r"torchvision cannot read mnist \(x should be of dtype torch\.uint8"),
+    ],
+)
+def test_well_formed_files_with_wrong_content_fail_at_load(
+    tmp_path: Path, flaw: str, message: str
+) -> None:
+    src = tmp_path / "src"
+    write_fake_dataset("mnist", src, compressed=False)
+    if flaw == "label count":
+        labels = (src / "t10k-labels-idx1-ubyte").read_bytes()
+        (src / "t10k-labels-idx1-ubyte").write_bytes(
+            labels[:4] + (199).to_bytes(4, "big") + labels[8:-1]
+        )
+    else:
+        images = (src / "t10k-images-idx3-ubyte").read_bytes()
+        floats = bytes([0, 0, 0x0D, 3]) + images[4:16] + bytes(4 * 200 * 28 * 28)
+        (src / "t10k-images-idx3-ubyte").write_bytes(floats)
+    checksums = {
+        f: hashlib.md5((src / f).read_bytes()).hexdigest() for f in data.CHECKSUMS["mnist"]
+    }
+    data.import_dir("mnist", src, tmp_path / "data", checksums=checksums)
+    with pytest.raises(FrernnError, match=message):
+        data.load("mnist", tmp_path / "data")
+
+
 def test_files_without_a_record_are_checked_against_the_table(tmp_path: Path) -> None:
     checksums = write_fake_dataset("mnist", tmp_path / "data" / "MNIST" / "raw", compressed=False)
     with pytest.raises(FrernnError, match=r"train-images-idx3-ubyte fails its checksum"):
@@ -273,7 +302,7 @@ def test_damaged_fashion_mnist_is_repaired_from_debian(fake_data_dir: Path) -> N
 @pytest.mark.parametrize(
     "name,hint",
     [
-        ("mnist", "`frernn data import mnist DIR`"),
+        ("mnist", "`frernn data import mnist DIR --data-dir"),
         ("fashion_mnist", "`apt-get install dataset-fashion-mnist`"),
         ("cifar10", "put cifar-10-python.tar.gz (https://www.cs.toronto.edu"),
     ],
@@ -282,10 +311,11 @@ def test_missing_dataset_names_what_provides_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, hint: str
 ) -> None:
     monkeypatch.setattr(data, "SYSTEM_DIRS", {"fashion_mnist": tmp_path / "not-installed"})
-    with pytest.raises(
-        FrernnError, match=f"{name} is not available in .*is missing.*{re.escape(hint)}"
-    ):
+    message = f"{name} is not available in .*is missing.*data fetch {name} .*{re.escape(hint)}"
+    with pytest.raises(FrernnError, match=message):
         data.ensure(name, tmp_path / "data", download=False)
+    with pytest.raises(FrernnError, match=f"{name} is not available in /wrong/path"):
+        data.load(name, Path("/wrong/path"))
 
 
 @pytest.fixture
@@ -370,3 +400,19 @@ def test_frernn_cli_data_commands(
         err = capsys.readouterr().err
         assert err.startswith("frernn: error: ") and err.count("\n") == 1 and message in err
     assert _tree(tmp_path / "data") == []
+
+
+@pytest.mark.parametrize("name", data.DATASET_NAMES)
+def test_fake_datasets_are_learnable(fake_data_dir: Path, name: str) -> None:
+    torch.manual_seed(0)
+    loaded = data.load(name, fake_data_dir)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(loaded.train_x[0].numel(), 10))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        for x, y in data.batches(loaded.train_x, loaded.train_y, 50, generator):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    accuracy = (model(loaded.test_x).argmax(1) == loaded.test_y).float().mean()
+    assert accuracy > 0.9

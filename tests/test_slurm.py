@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 pytest_plugins = ["slurm_cluster"]
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "slurm", "notebooks")
-SMOKE = ["--config", "scale=smoke", "dataset_substitute=fashion_mnist"]
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "slurm", "notebooks", "envs", "src")
+TABLE2 = ["results/table2.csv", "--config", "scale=smoke", "dataset_substitute=fashion_mnist"]
 SLURM_FLAGS = [
     "--slurm-status-command",
     "squeue",
@@ -29,6 +29,28 @@ SLURM_FLAGS = [
     "2",
     "--slurm-keep-successful-logs",
 ]
+TOY_SNAKEFILE = """\
+localrules:
+    gather,
+
+
+rule gather:
+    input:
+        expand("out/{i}.txt", i=[1, 2]),
+    output:
+        "out/gathered.txt",
+    shell:
+        "cat {input} > {output}; echo ${{SLURM_JOB_ID:-local}} >> {output}"
+
+
+rule work:
+    output:
+        "out/{i}.txt",
+    shell:
+        "scontrol --oneliner show job $SLURM_JOB_ID > {output}"
+"""
+COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info")
+SBATCH_VARS = ("SBATCH_ACCOUNT", "SBATCH_PARTITION")
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
 
@@ -60,14 +82,33 @@ def test_sbatch_runs_a_job_on_the_node(slurm_cluster: SlurmCluster, tmp_path: Pa
     assert out.read_text().split() == [socket.gethostname(), f"SLURM_JOB_ID={job_id}"]
 
 
+def test_profile_submits_jobs_with_partition_from_environment(
+    slurm_cluster: SlurmCluster, tmp_path: Path
+) -> None:
+    """``--profile slurm``: rules go through sbatch with the profile's memory and the partition
+    from $SBATCH_PARTITION; local rules run in the Snakemake process."""
+    shutil.copytree(REPO / "slurm", tmp_path / "slurm")
+    (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE)
+    env = {**slurm_cluster.env, "SBATCH_PARTITION": "other"}
+    proc = _snakemake(tmp_path, "out/gathered.txt", "--profile", "slurm", *SLURM_FLAGS, env=env)
+    job_ids = sorted(job_id for job_id, _ in SUBMITTED.findall(proc.stderr))
+    assert len(job_ids) == 2
+    *jobs, gather = (tmp_path / "out" / "gathered.txt").read_text().splitlines()
+    fields = [dict(f.split("=", 1) for f in job.split() if "=" in f) for job in jobs]
+    assert sorted(f["JobId"] for f in fields) == job_ids
+    assert {(f["Partition"], f["MinMemoryNode"]) for f in fields} == {("other", "4000M")}
+    assert gather == "local"
+
+
 def _workflow_copy(dest: Path) -> Path:
-    """Copy the repo's workflow files (not results/ or data/) into ``dest``."""
+    """Copy the repo's workflow files (not results/ or data/) into ``dest``; src/ too, for the
+    run-spec schema that the config schema references."""
     missing = [name for name in WORKFLOW_FILES if not (REPO / name).exists()]
     assert not missing, f"workflow files missing from the repo: {missing}"
     for name in WORKFLOW_FILES:
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, dest / name)
+            shutil.copytree(src, dest / name, ignore=COPY_IGNORE)
         else:
             shutil.copy2(src, dest / name)
     return dest
@@ -75,8 +116,7 @@ def _workflow_copy(dest: Path) -> Path:
 
 def _snakemake(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run the venv's snakemake in ``workdir``; fail the test with its log tail on error."""
-    snakemake = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "snakemake"
-    cmd = [str(snakemake), "results/table2.csv", *SMOKE, *args]
+    cmd = [str(Path(sys.executable).parent / "snakemake"), *args]
     proc = subprocess.run(
         cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=1800, check=False
     )
@@ -90,21 +130,20 @@ def test_smoke_table2_through_slurm_matches_local(
     slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
     """Every training job of the smoke table 2 goes through sbatch; the table equals a local run."""
-    env = {**slurm_cluster.env, "FRERNN_DATA_DIR": str(tmp_path / "data")}
-    env.pop("SBATCH_ACCOUNT", None)
-    env.pop("SBATCH_PARTITION", None)
+    env = {k: v for k, v in slurm_cluster.env.items() if k not in SBATCH_VARS}
     on_slurm = _workflow_copy(tmp_path / "slurm_run")
     local = _workflow_copy(tmp_path / "local_run")
 
-    proc = _snakemake(on_slurm, "--profile", "slurm", *SLURM_FLAGS, env=env)
+    proc = _snakemake(on_slurm, *TABLE2, "--profile", "slurm", *SLURM_FLAGS, env=env)
     slurm_logs = {Path(log) for _, log in SUBMITTED.findall(proc.stderr)}
-    train_logs = {log for log in slurm_logs if log.parent.parent.name.startswith("rule_train")}
+    logdir = on_slurm / ".snakemake" / "slurm_logs"
+    train_logs = {log for log in slurm_logs if log.relative_to(logdir).parts[0] == "rule_train"}
     runs = sorted((on_slurm / "results" / "runs").rglob("metrics.json"))
     assert runs, "the smoke table 2 trained nothing"
     assert len(train_logs) == len(runs), f"{len(runs)} runs, sbatch logs: {sorted(train_logs)}"
     assert all(log.is_file() for log in train_logs)
 
-    _snakemake(local, "--cores", "2", env=env)
+    _snakemake(local, *TABLE2, "--cores", "2", env=env)
     timing = [c for c in pd.read_csv(local / "results" / "table2.csv").columns if "wall" in c]
     pd.testing.assert_frame_equal(
         pd.read_csv(on_slurm / "results" / "table2.csv").drop(columns=timing),

@@ -1,4 +1,4 @@
-"""Verdicts on the claims of SPEC §7, computed from the aggregated tables (never written by hand)."""
+"""Verdicts on the claims of SPEC §7, computed from the aggregated tables, never by hand."""
 
 from __future__ import annotations
 
@@ -50,15 +50,15 @@ def _table(tables: Tables, name: str) -> pd.DataFrame:
     return df
 
 
-def _stat(df: pd.DataFrame, row: str, method: Callable[[str], bool], dataset: str) -> tuple:
+def _stat(
+    df: pd.DataFrame, row: str, method: Callable[[str], bool], dataset: str
+) -> tuple[float, float]:
     """(mean, std) of best-epoch test accuracy of the row whose label and method match."""
-    keys = df["row"].map(_slug)
-    methods = df["method"].map(_slug)
-    # a row label may repeat the method ("2HL-512 EP"): strip it before comparing
-    keys = [k.removesuffix("-" + m) for k, m in zip(keys, methods, strict=True)]
+    target = _slug(row)
+    keys = df["row"].map(_slug)  # a label may go on with the method ("10-symm EP-Residual")
     hit = df[
-        (pd.Series(keys, index=df.index) == _slug(row))
-        & methods.map(method)
+        ((keys == target) | keys.str.startswith(target + "-"))
+        & df["method"].map(_slug).map(method)
         & (paper_dataset(df) == dataset)
         & (pd.to_numeric(df["n"], errors="coerce") > 0)
     ]
@@ -105,7 +105,7 @@ def ep_matches_bp(tables: Tables) -> tuple[bool, str]:
 
 
 def residual_rescues_depth(tables: Tables) -> tuple[bool, str]:
-    """10-symm EP-Residual gains at least half the published gain over EP (+5 MNIST, +9.56 CIFAR)."""
+    """10-symm EP-Residual gains ≥ half the published gain over EP (+5 MNIST, +9.56 CIFAR)."""
     df = _table(tables, "table2")
     notes, ok, found = [], True, 0
     for dataset, published in (("mnist", 5.0), ("cifar10", 9.56)):
@@ -116,8 +116,10 @@ def residual_rescues_depth(tables: Tables) -> tuple[bool, str]:
             continue
         found += 1
         ok &= residual - plain >= published / 2
-        notes.append(f"{dataset}: {residual:.2f} vs {plain:.2f} (gain {residual - plain:+.2f}, "
-                     f"needs ≥ {published / 2:.2f})")  # fmt: skip
+        notes.append(
+            f"{dataset}: {residual:.2f} vs {plain:.2f} (gain {residual - plain:+.2f}, "
+            f"needs ≥ {published / 2:.2f})"
+        )
     if not found:
         raise NotComparable("no 10-symm EP / EP-Residual pair in table2")
     return ok, "; ".join(notes)
@@ -129,7 +131,10 @@ def agt_beats_fa(tables: Tables) -> tuple[bool, str]:
     agt, agt_std = _stat(df, "10-asymm", _has("agt"), "mnist")
     fa, fa_std = _stat(df, "10-asymm", _is("fa"), "mnist")
     margin = math.hypot(agt_std, fa_std)
-    return agt - fa > margin, f"AGT {agt:.2f} vs FA {fa:.2f} (Δ {agt - fa:+.2f}, needs > {margin:.2f})"
+    return (
+        agt - fa > margin,
+        f"AGT {agt:.2f} vs FA {fa:.2f} (Δ {agt - fa:+.2f}, needs > {margin:.2f})",
+    )
 
 
 def optimal_beta_grows(tables: Tables) -> tuple[bool, str]:
@@ -186,7 +191,10 @@ def ten_steps_suffice(tables: Tables) -> tuple[bool, str]:
     std = best["test_acc_std"].fillna(0)
     tol = _tolerance(std[few], std[many])
     a, b = best.loc[few, "test_acc_mean"], best.loc[many, "test_acc_mean"]
-    return a >= b - tol, f"T={few:g}: {a:.2f} vs T={many:g}: {b:.2f} (Δ {a - b:+.2f}, tol {tol:.2f})"
+    return (
+        a >= b - tol,
+        f"T={few:g}: {a:.2f} vs T={many:g}: {b:.2f} (Δ {a - b:+.2f}, tol {tol:.2f})",
+    )
 
 
 def faster_than_pep(tables: Tables) -> tuple[bool, str]:
@@ -214,18 +222,22 @@ def faster_than_pep(tables: Tables) -> tuple[bool, str]:
 
 CLAIMS: tuple[tuple[str, str, str, Callable[[Tables], tuple[bool, str]]], ...] = (
     ("EP ≈ BP on MNIST", "Tables 1, 2", "quick", ep_matches_bp),
-    ("Residual connections rescue depth (10-symm +5 MNIST, +9 CIFAR-10)", "Table 2", "quick",
-     residual_rescues_depth),
+    (
+        "Residual connections rescue depth (10-symm +5 MNIST, +9 CIFAR-10)",
+        "Table 2",
+        "quick",
+        residual_rescues_depth,
+    ),
     ("AGT beats FA at depth 10 on MNIST", "Table 2", "quick", agt_beats_fa),
     ("Optimal β grows with depth", "Table S1", "quick", optimal_beta_grows),
     ("Small β cuts convergence time and FTMLE", "Fig. 5", "quick", small_beta_stabilises),
     ("T=10 suffices at β=0.01", "Fig. 6a–d", "quick", ten_steps_suffice),
     ("EP is ≥10× faster than P-EP", "Table 1", "paper", faster_than_pep),
-)  # fmt: skip
+)
 
 
 def evaluate(tables: Tables, scale: str) -> list[Verdict]:
-    """One verdict per claim; below a claim's minimum scale the computed result is shown but not judged."""
+    """One verdict per claim; below a claim's minimum scale the result is shown, not judged."""
     verdicts = []
     for claim, source, min_scale, judge in CLAIMS:
         try:
@@ -235,7 +247,7 @@ def evaluate(tables: Tables, scale: str) -> list[Verdict]:
             continue
         verdict = HOLDS if ok else FAILS
         if SCALE_RANK.get(scale, 0) < SCALE_RANK[min_scale]:
-            evidence = f"{scale} runs are too small to judge (computed: {verdict}); {evidence}"
+            evidence = f"{scale}-scale runs cannot judge it (computed: {verdict}); {evidence}"
             verdict = NOT_COMPARABLE
         verdicts.append(Verdict(claim, source, verdict, evidence))
     return verdicts

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import socket
 import tarfile
@@ -108,8 +109,8 @@ class _VerifiedCIFAR10(tvd.CIFAR10):
 
 @dataclass(frozen=True)
 class _Source:
-    """Where a dataset's files live under the data dir, which torchvision class reads them, and
-    how to obtain them without network."""
+    """Where a dataset's files live under the data dir, which torchvision classes read and
+    download them, and how to obtain them without network (a template of ``data_dir``)."""
 
     info: DatasetInfo
     folder: str
@@ -126,7 +127,7 @@ _SOURCES = {
         tvd.MNIST,
         "put the four MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
         "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory DIR and run "
-        "`frernn data import mnist DIR`",
+        "`frernn data import mnist DIR --data-dir {data_dir}`",
     ),
     "fashion_mnist": _Source(
         DatasetInfo("fashion_mnist", (1, 28, 28), 10),
@@ -134,7 +135,8 @@ _SOURCES = {
         tvd.FashionMNIST,
         tvd.FashionMNIST,
         "run `apt-get install dataset-fashion-mnist` (found automatically), or put the four "
-        "Fashion-MNIST files in a directory DIR and run `frernn data import fashion_mnist DIR`",
+        "Fashion-MNIST files in a directory DIR and run "
+        "`frernn data import fashion_mnist DIR --data-dir {data_dir}`",
     ),
     "cifar10": _Source(
         DatasetInfo("cifar10", (3, 32, 32), 10),
@@ -142,7 +144,7 @@ _SOURCES = {
         _VerifiedCIFAR10,
         tvd.CIFAR10,
         f"put {_CIFAR_TARBALL} (https://www.cs.toronto.edu/~kriz/cifar.html) in a directory DIR "
-        "and run `frernn data import cifar10 DIR`",
+        "and run `frernn data import cifar10 DIR --data-dir {data_dir}`",
     ),
 }
 
@@ -288,15 +290,21 @@ def _install(name: str, staging: Path, folder: Path, digests: dict[str, str]) ->
     atomic_write_json(folder / MANIFEST, {"dataset": name, "md5": digests})
 
 
+def _recorded(folder: Path) -> dict[str, str] | None:
+    """The md5s of the manifest in ``folder``; None if absent or unreadable."""
+    try:
+        record = json.loads((folder / MANIFEST).read_text())["md5"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if isinstance(record, dict) and record else None
+
+
 def _problem(name: str, data_dir: Path, checksums: Mapping[str, str] | None) -> str | None:
     """Why ``name`` is not usable in ``data_dir`` (None: installed and verified just now).
     Files without a manifest (e.g. left by torchvision) are checked against the table."""
     folder = data_dir / _source(name).folder
-    try:
-        expected = json.loads((folder / MANIFEST).read_text())["md5"]
-        recorded = True
-    except (OSError, ValueError, KeyError, TypeError):
-        expected, recorded = (checksums if checksums is not None else CHECKSUMS[name]), False
+    recorded = _recorded(folder)
+    expected = recorded or (checksums if checksums is not None else CHECKSUMS[name])
     for file, md5 in expected.items():
         if not (folder / file).is_file():
             return f"{folder / file} is missing"
@@ -327,7 +335,11 @@ def ensure(
     elif download:
         _download(name, data_dir, checksums)
     else:
-        raise FrernnError(f"{name} is not available in {data_dir} ({problem}); {src.offline}")
+        raise FrernnError(
+            f"{name} is not available in {data_dir} ({problem}); run `frernn data fetch {name} "
+            f"--data-dir {data_dir}` with internet, or offline: "
+            + src.offline.format(data_dir=data_dir)
+        )
 
 
 @contextlib.contextmanager
@@ -357,7 +369,8 @@ def _download(name: str, data_dir: Path, checksums: Mapping[str, str] | None) ->
             except (RuntimeError, OSError, EOFError, tarfile.TarError) as exc:
                 if attempt == DOWNLOAD_ATTEMPTS:
                     raise FrernnError(
-                        f"cannot download {name} ({_one_line(exc)}); without network: {src.offline}"
+                        f"cannot download {name} ({_one_line(exc)}); without network: "
+                        + src.offline.format(data_dir=data_dir)
                     ) from exc
                 log.warning("download of %s failed (%s); retrying", name, _one_line(exc))
                 time.sleep(RETRY_DELAY_S * attempt)
@@ -382,7 +395,15 @@ def _read(name: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.T
     src = _source(name)
     try:
         ds = src.reader(root=data_dir, train=train, download=False)
-    except (RuntimeError, ValueError, TypeError, AssertionError, EOFError, KeyError) as exc:
+    except (
+        RuntimeError,
+        ValueError,
+        TypeError,
+        AssertionError,
+        EOFError,
+        KeyError,
+        pickle.PickleError,
+    ) as exc:
         raise FrernnError(
             f"{data_dir / src.folder}: torchvision cannot read {name} ({_one_line(exc)})"
         ) from exc

@@ -36,7 +36,7 @@ def _free_states(net: LayeredFRERNN, x: Tensor, steps: int) -> Iterator[Tensor]:
 @torch.no_grad()
 def spectral_radius(net: LayeredFRERNN) -> float:
     """Max |eigenvalue| of the scaled hidden-to-hidden matrix (computed in float64 on the CPU)."""
-    dense = net.dense_recurrent_matrix().detach().to("cpu", torch.float64)
+    dense = net.dense_recurrent_matrix().to("cpu", torch.float64)
     return torch.linalg.eigvals(dense).abs().max().item()
 
 
@@ -52,7 +52,9 @@ def lyapunov(
     fully saturated sample (delta exactly 0) is recorded at log of the dtype's smallest normal.
     """
     if not 1 <= T <= horizon or horizon < 2:
-        raise FrernnError(f"lyapunov needs 1 <= T <= horizon and horizon >= 2, not T={T}, horizon={horizon}")
+        raise FrernnError(
+            f"lyapunov needs 1 <= T <= horizon and horizon >= 2, not T={T}, horizon={horizon}"
+        )
     x = _inputs(net, x)
     dense = net.dense_recurrent_matrix()
     delta = torch.randn(

@@ -54,6 +54,9 @@ class Plan:
     cells: dict[str, list[Cell]] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
     graphs: dict[str, Any] = field(default_factory=dict)
+    runtime_model: dict[str, float] = field(
+        default_factory=lambda: {"safety": 3, "cpu_slowdown": 10}
+    )
 
     def run(self, rid: str) -> Run:
         """The run with id ``rid`` (a clear error for an id the config does not produce)."""
@@ -69,9 +72,17 @@ class Plan:
         """The YAML spec file of one (configuration, seed) job."""
         return yaml.safe_dump({**self.run(rid).spec, "seed": seed}, sort_keys=False)
 
-    def resources(self, rid: str, device: str, runtime: dict[str, float]) -> dict[str, int]:
-        """``mem_mb`` and ``runtime`` of the training job of run ``rid``."""
-        return job_resources(self.run(rid).spec, device, runtime)
+    def mem_mb(self, rid: str) -> int:
+        """Memory of the training job of ``rid``: the whole dataset as float32, twice, + 1.5 GB."""
+        n_train, n_test, pixels = DATASET_SIZES[self.run(rid).spec["dataset"]]
+        return int(1500 + 2 * (n_train + n_test) * pixels * 4 / 1e6)
+
+    def runtime(self, rid: str, device: str) -> int:
+        """Time limit (minutes) of the training job of ``rid``: estimate x safety + 5."""
+        seconds = gpu_seconds(self.run(rid).spec)
+        if device == "cpu":
+            seconds *= self.runtime_model["cpu_slowdown"]
+        return math.ceil(self.runtime_model["safety"] * seconds / 60) + 5
 
     def targets(self, default_only: bool = False) -> list[str]:
         """Names of the aggregated CSVs: ``runs``, one per block, ``fig3``."""
@@ -178,7 +189,8 @@ class _Context:
     def run_spec(self, paper: dict[str, Any]) -> dict[str, Any]:
         spec = deep_merge(paper, self.scale_spec)
         if self.substitute:
-            spec = deep_merge(spec, {**self.substitution, "dataset": self.substitute})
+            adapt = _merge([self.substitution.get(paper["dataset"]), {"dataset": self.substitute}])
+            spec = deep_merge(spec, adapt)
         spec = canonical(resolve({**spec, "scale": self.scale}))
         spec.pop("seed")
         return spec
@@ -249,6 +261,7 @@ def build_plan(config: dict[str, Any]) -> Plan:
     }
     seeds = list(config["seeds"])[: scale_cfg.get("seeds", len(config["seeds"]))]
     plan = Plan(scale, substitute, seeds, blocks, graphs=dict(config.get("fig3", {})))
+    plan.runtime_model.update(config.get("runtime", {}))
     for name in blocks:
         if name not in plan.cells:
             plan.cells[name] = _expand_block(name, blocks, ctx, plan)
@@ -275,15 +288,6 @@ def gpu_seconds(spec: dict[str, Any]) -> float:
     else:
         per_train, per_test = forward, forward / 3
     return train["epochs"] * (train_batches * per_train + test_batches * per_test)
-
-
-def job_resources(spec: dict[str, Any], device: str, runtime: dict[str, float]) -> dict[str, int]:
-    """``mem_mb`` and ``runtime`` (minutes, with a safety factor) of one training job."""
-    n_train, n_test, pixels = DATASET_SIZES[spec["dataset"]]
-    data_mb = (n_train + n_test) * pixels * 4 / 1e6
-    seconds = gpu_seconds(spec) * (runtime["cpu_slowdown"] if device == "cpu" else 1.0)
-    minutes = math.ceil(runtime["safety"] * seconds / 60) + 5
-    return {"mem_mb": int(1500 + 2 * data_mb), "runtime": minutes}
 
 
 def resolve_device(device: str) -> str:

@@ -53,11 +53,15 @@ def _in_order(values: pd.Series) -> list:
     """Distinct values, numerically sorted when they are numbers, else in order of appearance."""
     unique = list(dict.fromkeys(values))
     numeric = pd.to_numeric(pd.Series(unique), errors="coerce")
-    return [unique[i] for i in np.argsort(numeric.to_numpy(), kind="stable")] if numeric.notna().all() else unique
+    return (
+        [unique[i] for i in np.argsort(numeric.to_numpy(), kind="stable")]
+        if numeric.notna().all()
+        else unique
+    )
 
 
 def fig2_dynamics(df: pd.DataFrame) -> Figure:
-    """Fig. 2: activity and one-step change (neuron × step) of one sample's free phase per config."""
+    """Fig. 2: activity and one-step change (neuron × step) of one sample per config."""
     configs = list(dict.fromkeys(df["config"]))
     fig = Figure(figsize=size(2))
     axes = fig.subplots(2, len(configs), squeeze=False, sharex="col", sharey=True)
@@ -92,7 +96,9 @@ def fig3_adjacency(df: pd.DataFrame) -> Figure:
     graphs = list(dict.fromkeys(df["graph"]))
     fig = Figure(figsize=size(1.6))
     axes = fig.subplots(1, len(graphs), squeeze=False)[0]
-    kinds = [k for k in EDGE_KINDS if k in set(df["kind"])] + sorted(set(df["kind"]) - set(EDGE_KINDS))
+    kinds = [k for k in EDGE_KINDS if k in set(df["kind"])] + sorted(
+        set(df["kind"]) - set(EDGE_KINDS)
+    )
     cmap = ListedColormap(["#ffffff", *PALETTE[: len(kinds)]])
     norm = BoundaryNorm(np.arange(len(kinds) + 2) - 0.5, cmap.N)
     for ax, graph in zip(axes, graphs, strict=True):
@@ -129,10 +135,19 @@ def fig4_heatmaps(df: pd.DataFrame) -> Figure:
         for (r, c), value in np.ndenumerate(grid.to_numpy()):
             if np.isfinite(value):
                 light = value < (low + high) / 2
-                ax.text(c, r, f"{value:.1f}", ha="center", va="center", fontsize=6,
-                        color="white" if light else "black")  # fmt: skip
+                ax.text(
+                    c,
+                    r,
+                    f"{value:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=5,
+                    color="white" if light else "black",
+                )
         best = np.unravel_index(np.nanargmax(grid.to_numpy()), grid.shape)
-        ax.add_patch(Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, lw=1.5, ec="#D55E00"))
+        ax.add_patch(
+            Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, lw=1.5, ec="#D55E00")
+        )
         ax.set_xticks(range(grid.shape[1]), [f"{b:g}" for b in grid.columns])
         ax.set_yticks(range(grid.shape[0]), [f"{a:g}" for a in grid.index])
         ax.set_xlabel("β")
@@ -144,7 +159,7 @@ def fig4_heatmaps(df: pd.DataFrame) -> Figure:
 
 
 def fig5_diagnostics(df: pd.DataFrame) -> Figure:
-    """Fig. 5: test error, SR, FTMLE/MLE and convergence vs β, symmetric vs asymmetric, before/after."""
+    """Fig. 5: test error, SR, FTMLE/MLE and convergence vs β, per feedback, before/after."""
     panels = [(m, label) for m, label in FIG5_PANELS if m in set(df["metric"])]
     rows = -(-len(panels) // 3)
     fig = Figure(figsize=size(rows))
@@ -154,13 +169,22 @@ def fig5_diagnostics(df: pd.DataFrame) -> Figure:
     for k, (ax, (metric, label)) in enumerate(zip(axes, panels, strict=False)):
         for f, feedback in enumerate(feedbacks):
             for p, phase in enumerate(phases):
-                sub = df[(df["metric"] == metric) & (df["feedback"] == feedback) & (df["phase"] == phase)]
+                sub = df[
+                    (df["metric"] == metric) & (df["feedback"] == feedback) & (df["phase"] == phase)
+                ]
                 sub = sub.sort_values("beta")
                 if sub.empty:
                     continue
-                ax.errorbar(sub["beta"], sub["mean"], yerr=sub["std"].fillna(0), color=PALETTE[f],
-                            ls=LINESTYLES[p], marker=MARKERS[f], capsize=2,
-                            label=f"{feedback}, {phase} training")  # fmt: skip
+                ax.errorbar(
+                    sub["beta"],
+                    sub["mean"],
+                    yerr=sub["std"].fillna(0),
+                    color=PALETTE[f],
+                    ls=LINESTYLES[p],
+                    marker=MARKERS[f],
+                    capsize=2,
+                    label=f"{feedback}, {phase} training",
+                )
         ax.set_xscale("log")
         ax.set_xlabel("β")
         ax.set_ylabel(label)
@@ -183,9 +207,6 @@ def _curves(ax: Axes, df: pd.DataFrame, by: str, label: Callable[[float], str]) 
         ax.fill_between(sub["epoch"], error - std, error + std, color=colour, alpha=0.2, lw=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%)")
-    if (100 - df["test_acc_mean"]).min() > 0:
-        ax.set_yscale("log")
-    ax.legend()
 
 
 def fig6_curves(df: pd.DataFrame) -> Figure:
@@ -201,7 +222,9 @@ def fig6_curves(df: pd.DataFrame) -> Figure:
     width = max(len(values) for values in facets)
     fig = Figure(figsize=size(len(sweeps)))
     axes = fig.subplots(len(sweeps), width, squeeze=False)
-    for r, ((name, facet, facet_label, line, line_label), values) in enumerate(zip(sweeps, facets, strict=True)):
+    for r, ((name, facet, facet_label, line, line_label), values) in enumerate(
+        zip(sweeps, facets, strict=True)
+    ):
         for c in range(width):
             ax = axes[r, c]
             if c >= len(values):
@@ -209,7 +232,11 @@ def fig6_curves(df: pd.DataFrame) -> Figure:
                 continue
             sub = df[(df["panel"] == name) & (df[facet] == values[c])]
             _curves(ax, sub, line, line_label.format)
-            ax.set_title(f"({chr(ord('a') + r * width + c)}) {facet_label.format(values[c])}", loc="left")
+            if c == len(values) - 1:
+                ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
+            ax.set_title(
+                f"({chr(ord('a') + r * width + c)}) {facet_label.format(values[c])}", loc="left"
+            )
     return fig
 
 
@@ -222,11 +249,26 @@ def figS8_agt(df: pd.DataFrame) -> Figure:
         sub = df[paper_dataset(df) == dataset].set_index("agt_p").reindex(probabilities)
         x = np.arange(len(probabilities)) + 0.08 * k
         name = DATASET_LABELS.get(dataset, dataset)
-        ax.errorbar(x, sub["test_best_mean"], yerr=sub["test_best_std"].fillna(0),
-                    color=PALETTE[k], marker="o", capsize=2, label=f"{name}, best epoch")  # fmt: skip
-        ax.errorbar(x, sub["test_final_mean"], yerr=sub["test_final_std"].fillna(0),
-                    color=PALETTE[k], marker="o", mfc="white", ls="--", capsize=2,
-                    label=f"{name}, final epoch")  # fmt: skip
+        ax.errorbar(
+            x,
+            sub["test_best_mean"],
+            yerr=sub["test_best_std"].fillna(0),
+            color=PALETTE[k],
+            marker="o",
+            capsize=2,
+            label=f"{name}, best epoch",
+        )
+        ax.errorbar(
+            x,
+            sub["test_final_mean"],
+            yerr=sub["test_final_std"].fillna(0),
+            color=PALETTE[k],
+            marker="o",
+            mfc="white",
+            ls="--",
+            capsize=2,
+            label=f"{name}, final epoch",
+        )
     ax.set_xticks(range(len(probabilities)), [f"{p:g}" for p in probabilities])
     ax.set_xlabel("connection probability P")
     ax.set_ylabel("test accuracy (%)")

@@ -57,7 +57,7 @@ def execute(
     log: str | Path,
     kernel_prefix: str | Path | None = None,
 ) -> None:
-    """Run ``notebook`` into ``log`` (kept when it fails), then publish it and its HTML atomically."""
+    """Run ``notebook`` into ``log`` (kept if it fails), then publish it and its HTML atomically."""
     notebook, log = Path(notebook), Path(log)
     if not notebook.is_file():
         raise FrernnError(f"missing notebook {notebook}")
@@ -74,7 +74,8 @@ def execute(
             )
     except papermill.PapermillExecutionError as exc:
         raise FrernnError(
-            f"notebook {notebook} failed: {exc.ename}: {exc.evalue} (executed notebook kept at {log})"
+            f"notebook {notebook} failed: {exc.ename}: {exc.evalue} "
+            f"(executed notebook kept at {log})"
         ) from None
     except NoSuchKernel:
         raise FrernnError(
@@ -82,6 +83,11 @@ def execute(
             "and pass --kernel-prefix DIR"
         ) from None
     nb = nbformat.read(log, as_version=4)
+    nb.metadata["kernelspec"] = {
+        "name": KERNEL_NAME,
+        "display_name": "frernn",
+        "language": "python",
+    }
     atomic_write(executed, lambda tmp: nbformat.write(nb, str(tmp)))
     body, _ = HTMLExporter().from_notebook_node(nb)
     atomic_write_text(html, body)

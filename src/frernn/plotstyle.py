@@ -48,7 +48,7 @@ R = TypeVar("R")
 
 
 def styled(func: Callable[P, R]) -> Callable[P, R]:
-    """Run ``func`` (a figure builder or saver) under the project style, leaving rcParams as found."""
+    """Run ``func`` (a figure builder or saver) under the project style; rcParams restored."""
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

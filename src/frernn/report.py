@@ -24,11 +24,22 @@ FIGURES = {
     "fig4": "Fig. 4 — best-epoch test accuracy over α × β for L = 2, 3, 5",
     "fig5": "Fig. 5 — L=3: test error, spectral radius, FTMLE/MLE and convergence vs β "
     "(convergence time averages converged samples only; the fraction converged is shown)",
-    "fig6": "Fig. 6 — test error vs epoch: (a–d) T sweep per β, (e–h) β sweep per depth; bands ±1 std",
+    "fig6": "Fig. 6 — test error vs epoch: (a–d) T sweep per β, (e–h) β sweep per depth; "
+    "bands ±1 std",
     "figS8": "Fig. S8 — test accuracy vs AGT connection probability P (L=10, asymmetric)",
 }
-RUN_COLUMNS = ("experiment", "run_id", "seed", "scale", "dataset", "substitute", "wall_seconds",
-               "device", "torch_version", "frernn_version")  # fmt: skip
+RUN_COLUMNS = (
+    "experiment",
+    "run_id",
+    "seed",
+    "scale",
+    "dataset",
+    "substitute",
+    "wall_seconds",
+    "device",
+    "torch_version",
+    "frernn_version",
+)
 VERDICT_COLOURS = {claims.HOLDS: "#009E73", claims.FAILS: "#D55E00", claims.NOT_COMPARABLE: "#777"}
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 78rem; margin: 2rem auto; padding: 0 1rem; }
@@ -55,7 +66,7 @@ def scale_of(runs: pd.DataFrame) -> str:
 
 
 def compute_time(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs and wall clock per experiment (a run shared by two targets counts once), plus a total."""
+    """Runs and wall clock per experiment (a run shared by two targets counts once) and total."""
     unique = runs.drop_duplicates(["experiment", "run_id", "seed"])
     per = unique.groupby("experiment", sort=False)["wall_seconds"].agg(["count", "sum", "mean"])
     per.loc["total"] = [len(unique), unique["wall_seconds"].sum(), unique["wall_seconds"].mean()]
@@ -73,15 +84,20 @@ def _banner(runs: pd.DataFrame, scale: str) -> str:
     substitute = tables.substitute_of(runs)
     data = _distinct(runs, "dataset")
     if substitute:
-        data += (f" — <b>substituted</b>: every experiment ran on {html.escape(substitute)}; "
-                 "tables carry no paper comparison")  # fmt: skip
-    total = tables.fmt_duration(runs.drop_duplicates(["experiment", "run_id", "seed"])["wall_seconds"].sum())
+        data += (
+            f" — <b>substituted</b>: every experiment ran on {html.escape(substitute)}; "
+            "tables carry no paper comparison"
+        )
+    total = tables.fmt_duration(
+        runs.drop_duplicates(["experiment", "run_id", "seed"])["wall_seconds"].sum()
+    )
     items = {
         "scale": html.escape(scale),
         "dataset": data,
         "device": html.escape(_distinct(runs, "device")),
-        "versions": html.escape(f"torch {_distinct(runs, 'torch_version')}, "
-                                f"frernn {_distinct(runs, 'frernn_version')}"),  # fmt: skip
+        "versions": html.escape(
+            f"torch {_distinct(runs, 'torch_version')}, frernn {_distinct(runs, 'frernn_version')}"
+        ),
         "runs": str(len(runs)),
         "total compute": total,
     }
@@ -96,7 +112,8 @@ def _claims_html(verdicts: list[claims.Verdict]) -> str:
         f"{html.escape(v.verdict)}</span></td><td>{html.escape(v.evidence)}</td></tr>"
         for v in verdicts
     )
-    return f"<table><tr><th>claim</th><th>where</th><th>verdict</th><th>evidence</th></tr>{rows}</table>"
+    head = "<tr><th>claim</th><th>where</th><th>verdict</th><th>evidence</th></tr>"
+    return f"<table>{head}{rows}</table>"
 
 
 def _link(results: Path, name: str) -> str:
@@ -117,12 +134,15 @@ def build(results: str | Path) -> str:
     results = Path(results)
     runs = tables.read_csv(results / "runs.csv", RUN_COLUMNS)
     scale = scale_of(runs)
-    frames = {n: tables.read_csv(results / f"{n}.csv", tables.SUMMARY_COLUMNS, scale) for n in TABLES}
+    frames = {
+        n: tables.read_csv(results / f"{n}.csv", tables.SUMMARY_COLUMNS, scale) for n in TABLES
+    }
     frames |= {n: figures.load(n, results / f"{n}.csv", scale) for n in ("fig5", "fig6")}
     verdicts = claims.evaluate(frames, scale)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>FRE-RNN reproduction ({html.escape(scale)})</title><style>{CSS}</style></head><body>",
+        f"<title>FRE-RNN reproduction ({html.escape(scale)})</title>",
+        f"<style>{CSS}</style></head><body>",
         "<h1>Toward Practical Equilibrium Propagation (FRE-RNN): reproduction report</h1>",
         f"<p class='banner'>{_banner(runs, scale)}</p>",
         "<h2>Claims (SPEC §7)</h2>",
@@ -139,8 +159,10 @@ def build(results: str | Path) -> str:
         parts.append(tables.render(name, frames[name]).to_html())
     for name, caption in FIGURES.items():
         image = _image(results / "figures" / f"{name}.png")
-        parts.append(f"<figure id='{name}'>{image}<figcaption>{html.escape(caption)}"
-                     f"{_link(results, name)}</figcaption></figure>")  # fmt: skip
+        parts.append(
+            f"<figure id='{name}'>{image}<figcaption>{html.escape(caption)}"
+            f"{_link(results, name)}</figcaption></figure>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -162,8 +184,9 @@ def _cmd_html(args: argparse.Namespace) -> None:
 
 
 def _cmd_notebook(args: argparse.Namespace) -> None:
-    notebooks.execute(args.notebook, args.out, args.html, _parameters(args.param), args.log,
-                      args.kernel_prefix)  # fmt: skip
+    notebooks.execute(
+        args.notebook, args.out, args.html, _parameters(args.param), args.log, args.kernel_prefix
+    )
 
 
 def _cmd_kernel(args: argparse.Namespace) -> None:

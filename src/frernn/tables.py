@@ -13,6 +13,7 @@ from frernn.errors import FrernnError
 
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST"}
 PAPER_DATASETS = ("mnist", "cifar10")
+LABELS = {"depth": "L", "beta": "β", "alpha": "α", "agt_p": "P"}
 STATS = ("test_best_mean", "test_best_std", "test_final_mean", "test_final_std", "train_best_mean")
 SUMMARY_COLUMNS = ("row", "method", "dataset", "n", "diverged", *STATS)
 MATCH_CSS = "background-color: #d9efe6"  # within 2 sd of the published value (bluish green tint)
@@ -20,7 +21,9 @@ MISMATCH_CSS = "background-color: #f9dcc4; font-weight: bold"  # outside: vermil
 DIVERGED_CSS = "color: #D55E00; font-weight: bold"
 
 
-def read_csv(path: str | Path, columns: Iterable[str] = (), scale: str | None = None) -> pd.DataFrame:
+def read_csv(
+    path: str | Path, columns: Iterable[str] = (), scale: str | None = None
+) -> pd.DataFrame:
     """Load an aggregated CSV; a missing, empty or malformed file raises FrernnError naming it."""
     path = Path(path)
     if not path.is_file():
@@ -51,7 +54,9 @@ def is_true(value: object) -> bool:
 
 
 def paper_dataset(df: pd.DataFrame) -> pd.Series:
-    """The paper's dataset column each row stands for, whichever of dataset/substitute names it."""
+    """The paper's dataset column each row stands for (``paper_dataset``, else guessed)."""
+    if "paper_dataset" in df.columns:
+        return df["paper_dataset"].astype(str)
 
     def pick(row: pd.Series) -> str:
         names = [str(row.get(c, "")) for c in ("dataset", "substitute")]
@@ -131,7 +136,7 @@ def _cells(row: pd.Series) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def comparison_table(df: pd.DataFrame) -> Styler:
-    """Rows (row, method) × per-dataset groups: reproduced, final epoch, published, Δ, n, diverged."""
+    """Rows (row, method) × per-dataset groups: reproduced, final epoch, published, Δ, n, ..."""
     substitute = substitute_of(df)
     datasets = list(dict.fromkeys(paper_dataset(df)))
     text: dict[tuple[str, str], dict[tuple[str, str], str]] = {}
@@ -153,14 +158,14 @@ def comparison_table(df: pd.DataFrame) -> Styler:
 
 
 def sweep_matrix(df: pd.DataFrame, index: str = "depth", columns: str = "beta") -> Styler:
-    """Table S1's layout: one block of rows per ``index`` value, one column per ``columns`` value."""
+    """Table S1's layout: a block of rows per ``index`` value, a column per ``columns`` value."""
     text: dict[tuple[str, str], dict[str, str]] = {}
     css: dict[tuple[str, str], dict[str, str]] = {}
     for _, row in df.sort_values([index, columns]).iterrows():
         row_text, row_css = _cells(row)
-        column = f"{columns} = {row[columns]:g}"
+        column = f"{LABELS.get(columns, columns)} = {row[columns]:g}"
         for field in ("reproduced", "final epoch", "published", "Δ", "diverged"):
-            key = (f"L = {row[index]:g}" if index == "depth" else f"{index} = {row[index]:g}", field)
+            key = (f"{LABELS.get(index, index)} = {row[index]:g}", field)
             text.setdefault(key, {})[column] = row_text[field]
             css.setdefault(key, {})[column] = row_css[field]
     shown = pd.DataFrame.from_dict(text, orient="index").fillna("")

@@ -293,9 +293,7 @@ class Run:
         atomic_write(self.out / "trajectory.npz", write)
 
 
-def train(
-    spec: dict[str, Any], out: Path, data_dir: Path, device: str = "cpu"
-) -> dict[str, Any]:
+def train(spec: dict[str, Any], out: Path, data_dir: Path, device: str = "cpu") -> dict[str, Any]:
     """Train one resolved run spec into ``out`` on ``cpu|cuda|auto``; returns its metrics.
 
     A CUDA job holds a free GPU (lock file) while it runs.

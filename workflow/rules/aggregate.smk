@@ -9,12 +9,12 @@ localrules:
 rule workflow_config:
     output:
         "results/workflow_config.json",
-    params:
-        config=json.dumps(config, sort_keys=True),
     log:
         "results/logs/workflow_config.log",
     conda:
         "../../envs/frernn.yaml"
+    params:
+        config=json.dumps(config, sort_keys=True),
     shell:
         "printf '%s\\n' {params.config:q} > {output} 2> {log}"
 

@@ -8,15 +8,16 @@ localrules:
 rule dataset:
     output:
         touch("results/data/{dataset}.ready"),
-    params:
-        source=lambda wc: config.get("data_sources", {}).get(wc.dataset, ""),
     log:
         "results/logs/data/{dataset}.log",
     wildcard_constraints:
         dataset="mnist|fashion_mnist|cifar10",
     conda:
         "../../envs/frernn.yaml"
+    params:
+        source=lambda wc: config.get("data_sources", {}).get(wc.dataset, ""),
+        data_dir=DATA_DIR,
     shell:
         "if [ -n {params.source:q} ]; then"
-        " frernn data import {wildcards.dataset} {params.source:q} --data-dir {DATA_DIR:q};"
-        " else frernn data fetch {wildcards.dataset} --data-dir {DATA_DIR:q}; fi > {log} 2>&1"
+        " frernn data import {wildcards.dataset} {params.source:q} --data-dir {params.data_dir:q};"
+        " else frernn data fetch {wildcards.dataset} --data-dir {params.data_dir:q}; fi > {log} 2>&1"

@@ -6,9 +6,6 @@ rule train:
         lambda wc: f"results/data/{PLAN.run(wc.run_id).spec['dataset']}.ready",
     output:
         "results/runs/{block}/{run_id}/seed{seed}/metrics.json",
-    params:
-        spec=lambda wc: PLAN.spec_text(wc.run_id, int(wc.seed)),
-        run_dir=lambda wc, output: subpath(output[0], parent=True),
     log:
         "results/runs/{block}/{run_id}/seed{seed}/train.log",
     benchmark:
@@ -17,14 +14,20 @@ rule train:
         block="[A-Za-z0-9_]+",
         run_id="[^/]+",
         seed=r"\d+",
-    threads: config["threads"]
-    resources:
-        mem_mb=lambda wc: PLAN.resources(wc.run_id, DEVICE, config["runtime"])["mem_mb"],
-        runtime=lambda wc: PLAN.resources(wc.run_id, DEVICE, config["runtime"])["runtime"],
-        **({"gpu": 1} if DEVICE == "cuda" else {}),
     conda:
         "../../envs/frernn.yaml"
+    threads: config["threads"]
+    resources:
+        **({"gpu": 1} if DEVICE == "cuda" else {}),
+        mem_mb=lambda wc: PLAN.mem_mb(wc.run_id),
+        runtime=lambda wc: PLAN.runtime(wc.run_id, DEVICE),
+    params:
+        spec=lambda wc: PLAN.spec_text(wc.run_id, int(wc.seed)),
+        run_dir=lambda wc, output: subpath(output[0], parent=True),
+        data_dir=DATA_DIR,
+        device=DEVICE,
     shell:
         "printf '%s' {params.spec:q} > {params.run_dir}/spec.yaml && "
         "frernn train {params.run_dir}/spec.yaml --out {params.run_dir}"
-        " --data-dir {DATA_DIR:q} --device {DEVICE} > {log} 2>&1"
+        " --data-dir {params.data_dir:q} --device {params.device} --threads {threads}"
+        " > {log} 2>&1"

@@ -64,6 +64,16 @@ class _FALinear(torch.autograd.Function):
         return grad @ feedback, grad.t() @ x, grad.sum(0), None
 
 
+def fa_conv2d(x: Tensor, weight: Tensor, bias: Tensor, feedback: Tensor, padding: int) -> Tensor:
+    """conv2d whose backward uses ``feedback`` instead of ``weight`` for the input gradient."""
+    return _FAConv.apply(x, weight, bias, feedback, padding)
+
+
+def fa_linear(x: Tensor, weight: Tensor, bias: Tensor, feedback: Tensor) -> Tensor:
+    """Linear layer whose backward uses ``feedback`` instead of ``weight`` for the input grad."""
+    return _FALinear.apply(x, weight, bias, feedback)
+
+
 class ConvFRERNN(nn.Module):
     """Conv layers l=1..L with state x_l (pre-activations), p_l = maxpool(ρ(x_l)), logits fc(p_L).
 
@@ -119,13 +129,13 @@ class ConvFRERNN(nn.Module):
         p = x
         for conv, b in zip(self.convs, fb, strict=False):
             if feedback_alignment:
-                pre = _FAConv.apply(p, conv.weight, conv.bias, b, self.padding)
+                pre = fa_conv2d(p, conv.weight, conv.bias, b, self.padding)
             else:
                 pre = conv(p)
-            p = F.max_pool2d(rho(self.alpha * pre), 2)
+            p = _maxpool(rho(self.alpha * pre))[0]
         p = p.flatten(1)
         if feedback_alignment:
-            return _FALinear.apply(p, self.fc.weight, self.fc.bias, fb[-1])
+            return fa_linear(p, self.fc.weight, self.fc.bias, fb[-1])
         return self.fc(p)
 
     def input_drive(self, x: Tensor) -> Tensor:
@@ -134,11 +144,11 @@ class ConvFRERNN(nn.Module):
 
     def pooled(self, state: list[Tensor]) -> list[Tensor]:
         """p_l = maxpool(ρ(x_l)) for every layer."""
-        return [F.max_pool2d(rho(x), 2) for x in state]
+        return [_maxpool(rho(x))[0] for x in state]
 
     def readout(self, state: list[Tensor]) -> Tensor:
         """Logits o = fc(p_L) of a state."""
-        return self.fc(F.max_pool2d(rho(state[-1]), 2).flatten(1))
+        return self.fc(_maxpool(rho(state[-1]))[0].flatten(1))
 
     def initial_state(self, batch: int) -> list[Tensor]:
         """Pre-activations of one feed-forward pass of a zero image, one copy per sample."""
@@ -147,7 +157,7 @@ class ConvFRERNN(nn.Module):
         for conv in self.convs:
             x = self.alpha * conv(p)
             state.append(x.expand(batch, *x.shape[1:]).contiguous())
-            p = F.max_pool2d(rho(x), 2)
+            p = _maxpool(rho(x))[0]
         return state
 
     def relax(
@@ -175,7 +185,7 @@ class ConvFRERNN(nn.Module):
     ) -> list[Tensor]:
         """The state one step after ``state``; layer 1 (the largest) is written into ``buffer``."""
         acts = [rho(x) for x in state]
-        pools = [F.max_pool2d(a, 2, return_indices=True) for a in acts]
+        pools = [_maxpool(a) for a in acts]
         new = [buffer.copy_(drive)]
         new += [
             conv(p).mul_(self.alpha) for conv, (p, _) in zip(self.convs[1:], pools, strict=False)
@@ -188,6 +198,14 @@ class ConvFRERNN(nn.Module):
             error = target - self.fc(pooled.flatten(1)).softmax(1)
             _add_unpooled(new[-1], indices, (error @ self.fc.weight).view_as(pooled), nudge)
         return new
+
+
+def _maxpool(a: Tensor) -> tuple[Tensor, Tensor]:
+    """maxpool2 with argmax indices, pooled in channels-last layout (many times faster on CPU)."""
+    pooled, indices = F.max_pool2d(
+        a.contiguous(memory_format=torch.channels_last), 2, return_indices=True
+    )
+    return pooled.contiguous(), indices.contiguous()
 
 
 def _add_unpooled(x: Tensor, indices: Tensor, values: Tensor, scale: float) -> None:

@@ -1,0 +1,103 @@
+"""results/report.html from hand-made CSVs and figures; the `frernn report` command wiring."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from contract_csvs import write_results
+from matplotlib.figure import Figure
+
+from frernn import claims, figures, report
+from frernn.errors import FrernnError
+
+
+def _results(root: Path, **kwargs: str) -> Path:
+    """Contract CSVs plus one small real PNG per figure."""
+    results = write_results(root / "results", **kwargs)
+    for name in report.FIGURES:
+        fig = Figure(figsize=(1, 1))
+        fig.subplots().plot([0, 1], [0, 1])
+        figures.save(fig, results / "figures" / f"{name}.pdf", results / "figures" / f"{name}.png")
+    return results
+
+
+def _run_cli(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    report.register_cli(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+def test_report_page_has_banner_claims_tables_and_embedded_figures(tmp_path: Path) -> None:
+    results = _results(tmp_path)
+    (results / "notebooks").mkdir()
+    (results / "notebooks" / "fig5.html").write_text("<html></html>")
+    _run_cli(["report", "html", "--results", str(results)])
+    page = (results / "report.html").read_text()
+    assert "<b>scale</b>: quick" in page and "<b>device</b>: cpu" in page
+    assert "torch 2.14.1, frernn 0.1.0" in page
+    assert "<b>total compute</b>: 0:14:14" in page  # 7 experiments × (30+30+31+31) s
+    assert "substituted" not in page
+    for claim, *_ in claims.CLAIMS:
+        assert claim.replace("≈", "&asymp;") in page or claim in page
+    assert page.count(claims.HOLDS) >= 6
+    for caption in report.TABLES.values():
+        assert caption in page
+    assert "98.10 ± 0.10 (99.60)" in page and "98.39 ± 0.04 (100.00)" in page
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
+    assert len(images) == len(report.FIGURES)
+    assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert "href='notebooks/fig5.html'" in page and "href='notebooks/fig4.html'" not in page
+
+
+def test_compute_time_per_experiment_counts_shared_runs_once() -> None:
+    runs = pd.DataFrame(
+        {
+            "experiment": ["table2", "table2", "table2", "fig5"],
+            "run_id": ["a", "a", "b", "c"],
+            "seed": [0, 0, 0, 1],
+            "wall_seconds": [60.0, 60.0, 3600.0, 30.0],
+        }
+    )
+    table = report.compute_time(runs)
+    assert table.loc["table2", "runs"] == 2 and table.loc["table2", "compute (h:mm:ss)"] == "1:01:00"
+    assert table.loc["total", "compute (h:mm:ss)"] == "1:01:30"
+
+
+def test_substituted_run_says_so_and_compares_nothing(tmp_path: Path) -> None:
+    results = _results(tmp_path, scale="smoke", substitute="fashion_mnist")
+    page = report.build(results)
+    assert "<b>substituted</b>: every experiment ran on fashion_mnist" in page
+    assert "MNIST (ran on Fashion-MNIST)" in page and "CIFAR-10 (ran on Fashion-MNIST)" in page
+    assert "98.39 ± 0.04" not in page
+    assert claims.HOLDS not in page.replace("computed: holds", "")
+
+
+def test_missing_figure_or_csv_is_named(tmp_path: Path) -> None:
+    results = _results(tmp_path)
+    (results / "figures" / "fig3.png").unlink()
+    with pytest.raises(FrernnError, match=r"missing figure .*fig3\.png"):
+        report.build(results)
+    (results / "tableS1.csv").write_text("")
+    with pytest.raises(FrernnError, match=r"empty CSV .*tableS1\.csv"):
+        report.build(results)
+
+
+def test_mixed_scales_are_refused(tmp_path: Path) -> None:
+    results = _results(tmp_path)
+    runs = pd.read_csv(results / "runs.csv")
+    runs.loc[0, "scale"] = "paper"
+    runs.to_csv(results / "runs.csv", index=False)
+    with pytest.raises(FrernnError, match="exactly one scale"):
+        report.build(results)
+
+
+def test_notebook_parameters_must_be_key_value(tmp_path: Path) -> None:
+    argv = ["report", "notebook", "nb.ipynb", "--out", "o", "--html", "h", "--log", "l"]
+    with pytest.raises(FrernnError, match="'csv_path' is not KEY=VALUE"):
+        _run_cli([*argv, "-p", "csv_path"])

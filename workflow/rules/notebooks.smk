@@ -1,0 +1,100 @@
+# Papermill notebooks that redraw every table and figure from the aggregated CSVs, and the
+# report page. Self-contained: `rule all` asks for NOTEBOOK_TARGETS.
+
+NOTEBOOK_TABLES = ["table1", "table2", "tableS1"]
+NOTEBOOK_FIGURES = ["fig2", "fig3", "fig4", "fig5", "fig6", "figS8"]
+NOTEBOOK_KERNEL = "results/notebooks/.kernel"
+NOTEBOOK_PARAMS = (
+    f"-p scale={config.get('scale', 'paper')} "
+    f"-p dataset={config.get('dataset_substitute') or ''}"
+)
+NOTEBOOK_TARGETS = [
+    *expand(
+        "results/notebooks/{name}.{ext}",
+        name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES,
+        ext=["ipynb", "html"],
+    ),
+    *expand("results/figures/{name}.{ext}", name=NOTEBOOK_FIGURES, ext=["pdf", "png"]),
+    "results/report.html",
+]
+
+
+localrules:
+    notebook_kernel,
+    table_notebook,
+    figure_notebook,
+    report,
+
+
+rule notebook_kernel:
+    output:
+        f"{NOTEBOOK_KERNEL}/share/jupyter/kernels/frernn/kernel.json",
+    log:
+        "results/logs/notebooks/kernel.log",
+    conda:
+        "../../envs/frernn.yaml"
+    shell:
+        "frernn report kernel --prefix {NOTEBOOK_KERNEL} > {log} 2>&1"
+
+
+rule table_notebook:
+    input:
+        notebook="notebooks/{name}.ipynb",
+        csv="results/{name}.csv",
+        kernel=rules.notebook_kernel.output,
+    output:
+        notebook="results/notebooks/{name}.ipynb",
+        html="results/notebooks/{name}.html",
+    log:
+        notebook="results/logs/notebooks/{name}.ipynb",
+        stderr="results/logs/notebooks/{name}.log",
+    wildcard_constraints:
+        name="|".join(NOTEBOOK_TABLES),
+    conda:
+        "../../envs/frernn.yaml"
+    shell:
+        "frernn report notebook {input.notebook} --out {output.notebook} --html {output.html}"
+        " --log {log.notebook} --kernel-prefix {NOTEBOOK_KERNEL}"
+        " -p csv_path={input.csv} {NOTEBOOK_PARAMS} 2> {log.stderr}"
+
+
+rule figure_notebook:
+    input:
+        notebook="notebooks/{name}.ipynb",
+        csv="results/{name}.csv",
+        kernel=rules.notebook_kernel.output,
+    output:
+        notebook="results/notebooks/{name}.ipynb",
+        html="results/notebooks/{name}.html",
+        pdf="results/figures/{name}.pdf",
+        png="results/figures/{name}.png",
+    log:
+        notebook="results/logs/notebooks/{name}.ipynb",
+        stderr="results/logs/notebooks/{name}.log",
+    wildcard_constraints:
+        name="|".join(NOTEBOOK_FIGURES),
+    conda:
+        "../../envs/frernn.yaml"
+    shell:
+        "frernn report notebook {input.notebook} --out {output.notebook} --html {output.html}"
+        " --log {log.notebook} --kernel-prefix {NOTEBOOK_KERNEL}"
+        " -p csv_path={input.csv} -p pdf_path={output.pdf} -p png_path={output.png}"
+        " {NOTEBOOK_PARAMS} 2> {log.stderr}"
+
+
+rule report:
+    input:
+        runs="results/runs.csv",
+        csvs=expand("results/{name}.csv", name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES),
+        notebooks=expand(
+            "results/notebooks/{name}.html", name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES
+        ),
+        figures=expand("results/figures/{name}.png", name=NOTEBOOK_FIGURES),
+    output:
+        "results/report.html",
+    log:
+        "results/logs/report.log",
+    conda:
+        "../../envs/frernn.yaml"
+    shell:
+        "frernn report html --results results --out {output} > {log} 2>&1"
