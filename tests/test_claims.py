@@ -10,8 +10,15 @@ from frernn import claims
 
 
 def _row(row: str, method: str, mean: float, std: float = 0.1, dataset: str = "mnist") -> dict:
-    return {"row": row, "method": method, "dataset": dataset, "substitute": "", "n": 5,
-            "test_best_mean": mean, "test_best_std": std}  # fmt: skip
+    return {
+        "row": row,
+        "method": method,
+        "dataset": dataset,
+        "substitute": "",
+        "n": 5,
+        "test_best_mean": mean,
+        "test_best_std": std,
+    }
 
 
 def _verdicts(tables: dict[str, pd.DataFrame], scale: str = "quick") -> dict[str, claims.Verdict]:
@@ -50,7 +57,10 @@ def test_ep_far_below_bp_fails_and_labels_in_other_styles_match() -> None:
 
 def test_residual_gain_judged_per_dataset() -> None:
     rows = [_row("10-symm", "EP", 92.5), _row("10-symm", "EP-Residual", 97.5)]
-    rows += [_row("10-symm", "EP", 34.9, dataset="cifar10"), _row("10-symm", "ep_residual", 37.0, dataset="cifar10")]
+    rows += [
+        _row("10-symm", "EP", 34.9, dataset="cifar10"),
+        _row("10-symm", "ep_residual", 37.0, dataset="cifar10"),
+    ]
     verdict = _find(_verdicts({"table2": pd.DataFrame(rows)}), "Residual")
     assert verdict.verdict == claims.FAILS  # +5.0 on MNIST but only +2.1 on CIFAR-10 (needs 4.78)
     assert "gain +5.00" in verdict.evidence and "gain +2.10" in verdict.evidence
@@ -63,7 +73,9 @@ def test_contract_tables_shaped_like_the_paper_hold() -> None:
         assert _find(verdicts, start).verdict == claims.HOLDS, _find(verdicts, start)
     assert "L2: 0.001, L3: 0.01, L5: 0.1, L10: 0.1" in _find(verdicts, "Optimal β").evidence
     pep = _find(verdicts, "EP is ≥10×")
-    assert pep.verdict == claims.NOT_COMPARABLE and "quick-scale runs cannot judge it" in pep.evidence
+    assert (
+        pep.verdict == claims.NOT_COMPARABLE and "quick-scale runs cannot judge it" in pep.evidence
+    )
     assert _find(_verdicts(tables, "paper"), "EP is ≥10×").verdict == claims.HOLDS
 
 

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.slow
 def _parameters(results: Path, name: str, csv: Path | None = None) -> dict[str, str]:
     params = {"csv_path": str(csv or results / f"{name}.csv"), "scale": "quick", "dataset": ""}
     if name in FIGURES:
-        params |= {ext + "_path": str(results / "figures" / f"{name}.{ext}") for ext in ("pdf", "png")}
+        params |= {
+            ext + "_path": str(results / "figures" / f"{name}.{ext}") for ext in ("pdf", "png")
+        }
     return params
 
 
@@ -32,8 +34,14 @@ def _execute(results: Path, kernel: Path, name: str, case: str, params: dict[str
     """Run notebook ``name``; return the log path (the executed notebook kept on failure)."""
     log = results / "logs" / f"{name}-{case}.ipynb"
     out = results / "notebooks" / f"{name}-{case}"
-    notebooks.execute(REPO / "notebooks" / f"{name}.ipynb", out.with_suffix(".ipynb"),
-                      out.with_suffix(".html"), params, log, kernel)  # fmt: skip
+    notebooks.execute(
+        REPO / "notebooks" / f"{name}.ipynb",
+        out.with_suffix(".ipynb"),
+        out.with_suffix(".html"),
+        params,
+        log,
+        kernel,
+    )
     return log
 
 

@@ -65,7 +65,9 @@ def test_compute_time_per_experiment_counts_shared_runs_once() -> None:
         }
     )
     table = report.compute_time(runs)
-    assert table.loc["table2", "runs"] == 2 and table.loc["table2", "compute (h:mm:ss)"] == "1:01:00"
+    assert (
+        table.loc["table2", "runs"] == 2 and table.loc["table2", "compute (h:mm:ss)"] == "1:01:00"
+    )
     assert table.loc["total", "compute (h:mm:ss)"] == "1:01:30"
 
 

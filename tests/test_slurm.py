@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -115,8 +116,11 @@ def _workflow_copy(dest: Path) -> Path:
 
 
 def _snakemake(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the venv's snakemake in ``workdir``; fail the test with its log tail on error."""
-    cmd = [str(Path(sys.executable).parent / "snakemake"), *args]
+    """Run the venv's snakemake in ``workdir`` with the venv's commands (``frernn``) on PATH;
+    fail the test with its log tail on error."""
+    venv_bin = Path(sys.executable).parent
+    env = {**env, "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', os.defpath)}"}
+    cmd = [str(venv_bin / "snakemake"), *args]
     proc = subprocess.run(
         cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=1800, check=False
     )
@@ -141,7 +145,9 @@ def test_smoke_table2_through_slurm_matches_local(
     runs = sorted((on_slurm / "results" / "runs").rglob("metrics.json"))
     assert runs, "the smoke table 2 trained nothing"
     assert len(train_logs) == len(runs), f"{len(runs)} runs, sbatch logs: {sorted(train_logs)}"
-    assert all(log.is_file() for log in train_logs)
+    logged = "\n".join(log.read_text() for log in train_logs)
+    unlogged = [r for r in runs if str(r.relative_to(on_slurm)) not in logged]
+    assert not unlogged, f"trained outside the sbatch jobs: {unlogged}"
 
     _snakemake(local, *TABLE2, "--cores", "2", env=env)
     timing = [c for c in pd.read_csv(local / "results" / "table2.csv").columns if "wall" in c]

@@ -201,3 +201,29 @@ def test_corrupt_checkpoint_is_discarded(tmp_path, fmnist_dir, caplog):
     assert train(spec, tmp_path / "run", fmnist_dir) == 0
     assert "discarding unreadable checkpoint" in caplog.text
     assert load_metrics(tmp_path / "run")["epochs"][0]["epoch"] == 1
+
+
+def test_diagnostics_before_and_after_training(tmp_path, fmnist_dir):
+    import numpy as np
+
+    spec = write_spec(
+        tmp_path / "spec.yaml",
+        model={"depth": 2},
+        train={"epochs": 1},
+        diagnostics={"dynamics": True, "trajectory": True, "samples": 50},
+    )
+    assert train(spec, tmp_path / "run", fmnist_dir) == 0
+    dynamics = json.loads((tmp_path / "run" / "dynamics.json").read_text())
+    assert set(dynamics) == {"before", "after"}
+    for phase in dynamics.values():
+        assert {"sr", "ftmle", "mle", "conv_time", "conv_frac", "samples"} <= set(phase)
+        assert phase["samples"] == 50
+    assert dynamics["before"]["sr"] != dynamics["after"]["sr"]
+    with np.load(tmp_path / "run" / "trajectory.npz") as npz:
+        assert npz["states"].shape == (20, 2 * 64) == npz["changes"].shape
+
+
+def test_diagnostics_rejected_for_conv(tmp_path, capsys, fmnist_dir):
+    spec = write_spec(tmp_path / "spec.yaml", model={"kind": "conv"})
+    assert train(spec, tmp_path / "run", fmnist_dir, "--set", "diagnostics.dynamics=true") == 2
+    assert "layered nets only" in capsys.readouterr().err

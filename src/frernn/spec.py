@@ -97,6 +97,9 @@ def validate(spec: dict[str, Any]) -> None:
         raise FrernnError("invalid run spec: optim.lr: per-layer rates need optim.name: sgd")
     if spec["model"]["kind"] == "conv" and spec["model"]["topology"] != "chain":
         raise FrernnError("invalid run spec: model.topology: the conv net supports only chain")
+    diagnostics = spec["diagnostics"]
+    if spec["model"]["kind"] == "conv" and (diagnostics["dynamics"] or diagnostics["trajectory"]):
+        raise FrernnError("invalid run spec: diagnostics: dynamics apply to layered nets only")
 
 
 def resolve(spec: dict[str, Any] | None = None, overrides: list[str] = ()) -> dict[str, Any]:

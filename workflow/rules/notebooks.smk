@@ -1,13 +1,17 @@
 # Papermill notebooks that redraw every table and figure from the aggregated CSVs, and the
 # report page. Self-contained: `rule all` asks for NOTEBOOK_TARGETS.
 
+from pathlib import Path
+
 NOTEBOOK_TABLES = ["table1", "table2", "tableS1"]
 NOTEBOOK_FIGURES = ["fig2", "fig3", "fig4", "fig5", "fig6", "figS8"]
 NOTEBOOK_KERNEL = "results/notebooks/.kernel"
 NOTEBOOK_PARAMS = (
-    f"-p scale={config.get('scale', 'paper')} "
-    f"-p dataset={config.get('dataset_substitute') or ''}"
+    f"-p scale={config.get('scale', 'paper')}"
+    f" -p dataset={config.get('dataset_substitute') or ''}"
 )
+
+
 NOTEBOOK_TARGETS = [
     *expand(
         "results/notebooks/{name}.{ext}",
@@ -33,8 +37,10 @@ rule notebook_kernel:
         "results/logs/notebooks/kernel.log",
     conda:
         "../../envs/frernn.yaml"
+    params:
+        prefix=lambda wildcards, output: str(Path(output[0]).parents[4]),
     shell:
-        "frernn report kernel --prefix {NOTEBOOK_KERNEL} > {log} 2>&1"
+        "frernn report kernel --prefix {params.prefix} > {log} 2>&1"
 
 
 rule table_notebook:
@@ -52,10 +58,13 @@ rule table_notebook:
         name="|".join(NOTEBOOK_TABLES),
     conda:
         "../../envs/frernn.yaml"
+    params:
+        kernel=lambda wildcards, input: str(Path(input.kernel[0]).parents[4]),
+        notebook=NOTEBOOK_PARAMS,
     shell:
         "frernn report notebook {input.notebook} --out {output.notebook} --html {output.html}"
-        " --log {log.notebook} --kernel-prefix {NOTEBOOK_KERNEL}"
-        " -p csv_path={input.csv} {NOTEBOOK_PARAMS} 2> {log.stderr}"
+        " --log {log.notebook} --kernel-prefix {params.kernel}"
+        " -p csv_path={input.csv} {params.notebook} 2> {log.stderr}"
 
 
 rule figure_notebook:
@@ -75,11 +84,14 @@ rule figure_notebook:
         name="|".join(NOTEBOOK_FIGURES),
     conda:
         "../../envs/frernn.yaml"
+    params:
+        kernel=lambda wildcards, input: str(Path(input.kernel[0]).parents[4]),
+        notebook=NOTEBOOK_PARAMS,
     shell:
         "frernn report notebook {input.notebook} --out {output.notebook} --html {output.html}"
-        " --log {log.notebook} --kernel-prefix {NOTEBOOK_KERNEL}"
+        " --log {log.notebook} --kernel-prefix {params.kernel}"
         " -p csv_path={input.csv} -p pdf_path={output.pdf} -p png_path={output.png}"
-        " {NOTEBOOK_PARAMS} 2> {log.stderr}"
+        " {params.notebook} 2> {log.stderr}"
 
 
 rule report:
