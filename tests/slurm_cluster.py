@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from pathlib import Path
 import pytest
 
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
+GRES_CONF = SLURM_CONF.with_name("gres.conf")
+FAKE_GPUS = 2
 MARKER = "# frernn test cluster: written and removed by tests/slurm_cluster.py"
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "squeue", "sinfo", "scancel", "srun")
@@ -27,9 +30,8 @@ READY_TIMEOUT_S = 60
 
 @dataclass(frozen=True)
 class SlurmCluster:
-    """A running single-node cluster: its config, scratch directory and client environment."""
+    """A running single-node cluster: its scratch directory (logs, state) and client environment."""
 
-    conf: Path
     root: Path
     env: dict[str, str]
 
@@ -55,8 +57,9 @@ def _unavailable() -> str | None:
         return f"not installed: {', '.join(missing)} (apt-get install slurmctld slurmd munge)"
     if os.geteuid() != 0:
         return "the Slurm daemons need root to start (run the tests as root, as CI does)"
-    if SLURM_CONF.exists() and MARKER not in SLURM_CONF.read_text():
-        return f"{SLURM_CONF} belongs to another Slurm installation; not overwriting it"
+    for conf in (SLURM_CONF, GRES_CONF):
+        if conf.exists() and MARKER not in conf.read_text():
+            return f"{conf} belongs to another Slurm installation; not overwriting it"
     return None
 
 
@@ -114,12 +117,24 @@ def slurm_conf_text(root: Path, munge_socket: Path) -> str:
             "MpiDefault=none",
             "ReturnToService=2",
             "MinJobAge=300",
-            f"NodeName=localhost {_node_hardware()} State=UNKNOWN",
+            "DefMemPerCPU=500",
+            "GresTypes=gpu",
+            f"NodeName=localhost {_node_hardware()} Gres=gpu:{FAKE_GPUS} State=UNKNOWN",
             "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP",
             "PartitionName=other Nodes=localhost Default=NO MaxTime=INFINITE State=UP",
             "",
         ]
     )
+
+
+def gres_conf_text(root: Path) -> str:
+    """Fake GPUs: character devices like /dev/null stand in for /dev/nvidia<k>, so Slurm
+    allocates them and sets CUDA_VISIBLE_DEVICES as on a GPU node (nothing opens them)."""
+    lines = [MARKER]
+    for k in range(FAKE_GPUS):
+        os.mknod(root / f"fakegpu{k}", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+        lines.append(f"NodeName=localhost Name=gpu File={root / f'fakegpu{k}'}")
+    return "\n".join(lines) + "\n"
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -164,6 +179,33 @@ def _stop(procs: dict[str, subprocess.Popen[bytes]]) -> None:
                 proc.wait()
 
 
+def _configure(root: Path) -> dict[str, list[str]]:
+    """Write the munge key and the Slurm configs; return each daemon's foreground command."""
+    for sub in ("state", "spool", "munge"):
+        (root / sub).mkdir()
+    munge = root / "munge"
+    munge.chmod(0o711)
+    key = munge / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
+    SLURM_CONF.write_text(slurm_conf_text(root, munge / "munge.socket"))
+    GRES_CONF.write_text(gres_conf_text(root))
+    return {
+        "munged": [
+            _binary("munged"),
+            "--foreground",
+            "--force",
+            f"--socket={munge / 'munge.socket'}",
+            f"--key-file={key}",
+            f"--pid-file={munge / 'munged.pid'}",
+            f"--seed-file={munge / 'munged.seed'}",
+        ],
+        "slurmctld": [_binary("slurmctld"), "-D", "-c", "-f", str(SLURM_CONF)],
+        "slurmd": [_binary("slurmd"), "-D", "-N", "localhost", "-f", str(SLURM_CONF)],
+    }
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """Start munged, slurmctld and slurmd on localhost; yield the cluster; stop exactly them."""
@@ -174,47 +216,27 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("slurm")
     root.chmod(0o755)
-    for sub in ("state", "spool", "munge"):
-        (root / sub).mkdir()
-    munge_dir = root / "munge"
-    munge_dir.chmod(0o700)
-    key = munge_dir / "munge.key"
-    key.write_bytes(os.urandom(1024))
-    key.chmod(0o400)
-    munge_socket = munge_dir / "munge.socket"
-    SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-    SLURM_CONF.write_text(slurm_conf_text(root, munge_socket))
-    env = {**os.environ, "SLURM_CONF": str(SLURM_CONF)}
-    cluster = SlurmCluster(conf=SLURM_CONF, root=root, env=env)
-    commands = {
-        "munged": [
-            _binary("munged"),
-            "--foreground",
-            "--force",
-            f"--socket={munge_socket}",
-            f"--key-file={key}",
-            f"--pid-file={munge_dir / 'munged.pid'}",
-            f"--seed-file={munge_dir / 'munged.seed'}",
-            f"--log-file={root / 'munged.log'}",
-        ],
-        "slurmctld": [_binary("slurmctld"), "-D", "-c", "-f", str(SLURM_CONF)],
-        "slurmd": [_binary("slurmd"), "-D", "-N", "localhost", "-f", str(SLURM_CONF)],
-    }
+    cluster = SlurmCluster(root=root, env={**os.environ, "SLURM_CONF": str(SLURM_CONF)})
     procs: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        for name, cmd in commands.items():
-            with (root / f"{name}.out").open("wb") as log:
+        for name, cmd in _configure(root).items():
+            with (root / f"{name}.out").open("wb") as out:
                 procs[name] = subprocess.Popen(
-                    cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                    cmd,
+                    env=cluster.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
                 )
             if name == "munged":
-                _wait_for(munge_socket, procs[name], root / "munged.log")
+                _wait_for(root / "munge" / "munge.socket", procs[name], root / "munged.out")
         _wait_until_idle(cluster, procs)
         yield cluster
-        subprocess.run(["scancel", "--full", "--user=root"], env=env, check=False)
+        subprocess.run(["scancel", "--full", "--user=root"], env=cluster.env, check=False)
     finally:
         _stop(procs)
         SLURM_CONF.unlink(missing_ok=True)
+        GRES_CONF.unlink(missing_ok=True)
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[bytes], log: Path) -> None:

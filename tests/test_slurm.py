@@ -37,18 +37,22 @@ localrules:
 
 rule gather:
     input:
-        expand("out/{i}.txt", i=[1, 2]),
+        "out/cpu.txt",
+        "out/gpu.txt",
     output:
         "out/gathered.txt",
     shell:
-        "cat {input} > {output}; echo ${{SLURM_JOB_ID:-local}} >> {output}"
+        "echo ${{SLURM_JOB_ID:-local}} > {output}"
 
 
 rule work:
     output:
-        "out/{i}.txt",
+        "out/{kind}.txt",
+    resources:
+        gpu=lambda wc: int(wc.kind == "gpu"),
     shell:
-        "scontrol --oneliner show job $SLURM_JOB_ID > {output}"
+        "scontrol --oneliner show job $SLURM_JOB_ID > {output};"
+        " echo CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-none}} >> {output}"
 """
 COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info")
 SBATCH_VARS = ("SBATCH_ACCOUNT", "SBATCH_PARTITION")
@@ -83,22 +87,29 @@ def test_sbatch_runs_a_job_on_the_node(slurm_cluster: SlurmCluster, tmp_path: Pa
     assert out.read_text().split() == [socket.gethostname(), f"SLURM_JOB_ID={job_id}"]
 
 
-def test_profile_submits_jobs_with_partition_from_environment(
+def _job_record(path: Path) -> dict[str, str]:
+    """The ``key=value`` fields a toy job wrote: its ``scontrol show job`` line and its GPUs."""
+    return dict(f.split("=", 1) for f in path.read_text().split() if "=" in f)
+
+
+def test_profile_submits_jobs_with_resources_and_partition(
     slurm_cluster: SlurmCluster, tmp_path: Path
 ) -> None:
-    """``--profile slurm``: rules go through sbatch with the profile's memory and the partition
-    from $SBATCH_PARTITION; local rules run in the Snakemake process."""
+    """``--profile slurm``: rules go through sbatch with the profile's memory, the partition from
+    $SBATCH_PARTITION and a GPU when they declare ``gpu=1``; local rules stay local."""
     shutil.copytree(REPO / "slurm", tmp_path / "slurm")
     (tmp_path / "Snakefile").write_text(TOY_SNAKEFILE)
     env = {**slurm_cluster.env, "SBATCH_PARTITION": "other"}
     proc = _snakemake(tmp_path, "out/gathered.txt", "--profile", "slurm", *SLURM_FLAGS, env=env)
-    job_ids = sorted(job_id for job_id, _ in SUBMITTED.findall(proc.stderr))
-    assert len(job_ids) == 2
-    *jobs, gather = (tmp_path / "out" / "gathered.txt").read_text().splitlines()
-    fields = [dict(f.split("=", 1) for f in job.split() if "=" in f) for job in jobs]
-    assert sorted(f["JobId"] for f in fields) == job_ids
-    assert {(f["Partition"], f["MinMemoryNode"]) for f in fields} == {("other", "4000M")}
-    assert gather == "local"
+    cpu, gpu = (_job_record(tmp_path / "out" / f"{kind}.txt") for kind in ("cpu", "gpu"))
+    assert sorted([cpu["JobId"], gpu["JobId"]]) == sorted(
+        i for i, _ in SUBMITTED.findall(proc.stderr)
+    )
+    for job in (cpu, gpu):
+        assert (job["Partition"], job["MinMemoryNode"]) == ("other", "4000M")
+    assert gpu["TresPerJob"] == "gres:gpu:1" and gpu["CUDA_VISIBLE_DEVICES"] != "none"
+    assert "TresPerJob" not in cpu and cpu["CUDA_VISIBLE_DEVICES"] == "none"
+    assert (tmp_path / "out" / "gathered.txt").read_text().strip() == "local"
 
 
 def _workflow_copy(dest: Path) -> Path:

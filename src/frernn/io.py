@@ -12,6 +12,13 @@ from typing import Any
 from frernn.errors import FrernnError
 
 
+def _default_mode() -> int:
+    """The mode a plain ``open()`` would give a new file (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` then rename tmp over ``path``; on failure nothing is left."""
     path = Path(path)
@@ -21,6 +28,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
     tmp_path = Path(tmp)
     try:
         writer(tmp_path)
+        tmp_path.chmod(_default_mode())
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
