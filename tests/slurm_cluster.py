@@ -139,8 +139,6 @@ def gres_conf_text(root: Path) -> str:
 
 def _tail(path: Path, lines: int = 15) -> str:
     """The last lines of a daemon log, for failure messages."""
-    if not path.exists():
-        return "(missing)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
@@ -163,7 +161,8 @@ def _wait_until_idle(cluster: SlurmCluster, procs: dict[str, subprocess.Popen[by
         if set(state.split()) == {"idle"}:
             return
         time.sleep(1)
-    logs = "\n".join(f"--- {name}.log\n{_tail(cluster.root / f'{name}.log')}" for name in DAEMONS)
+    daemon_logs = sorted([*cluster.root.glob("*.log"), *cluster.root.glob("*.out")])
+    logs = "\n".join(f"--- {log.name}\n{_tail(log)}" for log in daemon_logs)
     pytest.fail(f"Slurm node never became idle (last sinfo: {state!r}; exited: {dead})\n{logs}")
 
 

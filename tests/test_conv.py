@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -209,39 +208,64 @@ def test_same_seed_same_net_and_update():
     assert all(torch.equal(a, b) for a, b in zip(*nets, strict=True))
 
 
+def test_odd_K_is_warned_about(caplog: pytest.LogCaptureFixture):
+    net = make_net(channels=(4, 4))
+    with caplog.at_level("WARNING", logger="frernn.methods.ep_conv"):
+        ConvEP(net, T=20, K=10, nudge=0.25)
+        assert not caplog.records
+        ConvEP(net, T=20, K=5, nudge=0.25)
+    assert "ep.K=5 is odd" in caplog.text
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Time and run the learning tests on one core, as on the shared test machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TRAIN_N, TEST_N, EPOCHS, BATCH = 3000, 1000, 2, 64
+
+
 @pytest.fixture(scope="module")
 def fashion(tmp_path_factory: pytest.TempPathFactory) -> data.Data:
     """A fixed subset of the real Fashion-MNIST (Debian's files, imported by frernn.data)."""
-    root: Path = tmp_path_factory.mktemp("fashion")
-    return data.load("fashion_mnist", root, train_subset=TRAIN_N, test_subset=TEST_N)
-
-
-TRAIN_N, TEST_N, EPOCHS, BATCH = 2000, 1000, 2, 64
+    return data.load(
+        "fashion_mnist",
+        tmp_path_factory.mktemp("fashion"),
+        train_subset=TRAIN_N,
+        test_subset=TEST_N,
+    )
 
 
 def train_and_test(learner, d: data.Data) -> tuple[float, float]:
-    """EPOCHS of AdamW; test accuracy (%) and seconds per training image."""
-    opt = torch.optim.AdamW(learner.net.parameters(), lr=1e-3, weight_decay=1e-6)
+    """EPOCHS of AdamW; test accuracy (%) and CPU seconds per training image."""
+    opt = torch.optim.AdamW(learner.net.parameters(), lr=3e-3, weight_decay=1e-6)
     g = torch.Generator().manual_seed(0)
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(EPOCHS):
         for xb, yb in data.batches(d.train_x, d.train_y, BATCH, g):
             opt.zero_grad(set_to_none=True)
             loss, _ = learner.train_step(xb, yb)
             assert torch.isfinite(loss)
             opt.step()
-    per_image = (time.perf_counter() - start) / (EPOCHS * len(d.train_y))
-    with torch.no_grad():
-        acc = (learner.predict(d.test_x).argmax(1) == d.test_y).float().mean().item() * 100
+    per_image = (time.process_time() - start) / (EPOCHS * len(d.train_y))
+    acc = (learner.predict(d.test_x).argmax(1) == d.test_y).float().mean().item() * 100
     return acc, per_image
 
 
-@pytest.mark.parametrize(("method", "threshold"), [("ep", 60.0), ("bp", 60.0)])
+# Measured test accuracy after 2 epochs (3000 train / 1000 test images, channels [8, 16],
+# T/K 20/10, nudge 0.25, AdamW lr 3e-3; lr above SPEC's 2e-4 so 94 steps suffice):
+# seed 0 EP 72.9, BP 73.0, FA 66.7; seeds 0-2 at least EP 69.4, BP 70.5, FA 62.1.
+@pytest.mark.parametrize(("method", "threshold"), [("ep", 65.0), ("bp", 65.0), ("fa", 55.0)])
 def test_learning_happens_on_fashion_mnist(fashion, method, threshold):
-    net = make_net(channels=(16, 32), beta=0.01)
-    learner = ConvEP(net, T=10, K=5, nudge=0.25) if method == "ep" else Backprop(net)
+    net = make_net(channels=(8, 16), beta=0.01)
+    if method == "ep":
+        learner = ConvEP(net, T=20, K=10, nudge=0.25)
+    else:
+        learner = Backprop(net, feedback_alignment=method == "fa")
     acc, per_image = train_and_test(learner, fashion)
-    print(
-        f"conv {method}: {acc:.1f}% test after {EPOCHS} epochs, {per_image * 6e4:.0f} s/60k images"
-    )
+    print(f"conv {method}: {acc:.1f}% after {EPOCHS} epochs, {per_image * 6e4:.0f} CPU s/60k")
     assert acc > threshold

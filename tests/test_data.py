@@ -416,3 +416,20 @@ def test_fake_datasets_are_learnable(fake_data_dir: Path, name: str) -> None:
             optimizer.step()
     accuracy = (model(loaded.test_x).argmax(1) == loaded.test_y).float().mean()
     assert accuracy > 0.9
+
+
+def test_cifar_checksums_match_torchvision():
+    """The CIFAR-10 digests frernn keeps are torchvision's own list."""
+    listed = dict(tvd.CIFAR10.train_list + tvd.CIFAR10.test_list)
+    listed[tvd.CIFAR10.meta["filename"]] = tvd.CIFAR10.meta["md5"]
+    assert data.CHECKSUMS["cifar10"] == listed
+
+
+def test_tensor_cache_is_used_and_rebuilt_when_corrupt(fake_data_dir, caplog):
+    first = data.load("mnist", fake_data_dir)
+    cache = fake_data_dir / "MNIST" / "raw" / "frernn-train-tensors.pt"
+    assert cache.exists()
+    cache.write_bytes(b"garbage")
+    again = data.load("mnist", fake_data_dir)
+    assert "rebuilding unreadable tensor cache" in caplog.text
+    assert torch.equal(first.train_x, again.train_x) and torch.equal(first.test_y, again.test_y)

@@ -268,7 +268,8 @@ def dynamics_table(results: Results, block: str) -> pd.DataFrame:
             dynamics = json.loads(path.read_text())
             for phase in ("before", "after"):
                 for metric in DYNAMICS_METRICS:
-                    values.setdefault((phase, metric), []).append(dynamics[phase][metric])
+                    if metric in (dynamics.get(phase) or {}):  # diverged: no "after" values
+                        values.setdefault((phase, metric), []).append(dynamics[phase][metric])
             values.setdefault(("after", "test_err"), []).append(100 - metrics["test_acc_best"])
         head = {"feedback": spec["model"]["feedback"], "beta": spec["ep"]["beta"]}
         for (phase, metric), vals in values.items():
@@ -303,9 +304,10 @@ def graphs_table(graphs: dict[str, Any]) -> pd.DataFrame:
     """Edges of the residual net and of one AGT sample (Fig. 3): 0 = input, L+1 = readout."""
     depth = graphs.get("depth", 10)
     generator = torch.Generator().manual_seed(graphs.get("agt_seed", 0))
+    p = graphs.get("agt_p", 0.2)
     built = {
         "residual": LayerGraph.residual(depth),
-        "agt": LayerGraph.agt(depth, graphs.get("agt_p", 0.2), generator),
+        f"AGT P={p:g}": LayerGraph.agt(depth, p, generator),
     }
     rows = []
     for name, graph in built.items():

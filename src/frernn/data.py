@@ -29,10 +29,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
-from torchvision import datasets as tvd
 
 from frernn.errors import FrernnError
-from frernn.io import atomic_write_json
+from frernn.io import atomic_write, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +83,13 @@ CHECKSUMS: dict[str, dict[str, str]] = {
         )
     ),
     "cifar10": {
-        **{name: md5 for name, md5 in tvd.CIFAR10.train_list + tvd.CIFAR10.test_list},
-        tvd.CIFAR10.meta["filename"]: tvd.CIFAR10.meta["md5"],
+        "data_batch_1": "c99cafc152244af753f735de768cd75f",
+        "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+        "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+        "data_batch_4": "634d18415352ddfa80567beed471001a",
+        "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+        "test_batch": "40351d587109b95175f43aff81a1287e",
+        "batches.meta": "5ff9c542aee3614f3951f8cda6e48888",
     },
 }
 
@@ -99,14 +103,6 @@ class DatasetInfo:
     n_classes: int
 
 
-class _VerifiedCIFAR10(tvd.CIFAR10):
-    """torchvision's CIFAR-10 reader minus its md5 pass: frernn verified the files just before."""
-
-    train_list = [[name, None] for name, _ in tvd.CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in tvd.CIFAR10.test_list]
-    meta = {**tvd.CIFAR10.meta, "md5": None}
-
-
 @dataclass(frozen=True)
 class _Source:
     """Where a dataset's files live under the data dir, which torchvision classes read and
@@ -114,17 +110,33 @@ class _Source:
 
     info: DatasetInfo
     folder: str
-    reader: type
-    downloader: type
+    torchvision_class: str
     offline: str
+
+    def downloader(self) -> type:
+        """The torchvision dataset class (imported on demand: it costs a second per job)."""
+        from torchvision import datasets
+
+        return getattr(datasets, self.torchvision_class)
+
+    def reader(self) -> type:
+        """The downloader class, minus CIFAR-10's own md5 pass (frernn verified the files)."""
+        cls = self.downloader()
+        if self.torchvision_class != "CIFAR10":
+            return cls
+        unchecked = {
+            "train_list": [[name, None] for name, _ in cls.train_list],
+            "test_list": [[name, None] for name, _ in cls.test_list],
+            "meta": {**cls.meta, "md5": None},
+        }
+        return type("VerifiedCIFAR10", (cls,), unchecked)
 
 
 _SOURCES = {
     "mnist": _Source(
         DatasetInfo("mnist", (1, 28, 28), 10),
         "MNIST/raw",
-        tvd.MNIST,
-        tvd.MNIST,
+        "MNIST",
         "put the four MNIST files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
         "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in a directory DIR and run "
         "`frernn data import mnist DIR --data-dir {data_dir}`",
@@ -132,8 +144,7 @@ _SOURCES = {
     "fashion_mnist": _Source(
         DatasetInfo("fashion_mnist", (1, 28, 28), 10),
         "FashionMNIST/raw",
-        tvd.FashionMNIST,
-        tvd.FashionMNIST,
+        "FashionMNIST",
         "run `apt-get install dataset-fashion-mnist` (found automatically), or put the four "
         "Fashion-MNIST files in a directory DIR and run "
         "`frernn data import fashion_mnist DIR --data-dir {data_dir}`",
@@ -141,8 +152,7 @@ _SOURCES = {
     "cifar10": _Source(
         DatasetInfo("cifar10", (3, 32, 32), 10),
         _CIFAR_DIR,
-        _VerifiedCIFAR10,
-        tvd.CIFAR10,
+        "CIFAR10",
         f"put {_CIFAR_TARBALL} (https://www.cs.toronto.edu/~kriz/cifar.html) in a directory DIR "
         "and run `frernn data import cifar10 DIR --data-dir {data_dir}`",
     ),
@@ -364,7 +374,7 @@ def _download(name: str, data_dir: Path, checksums: Mapping[str, str] | None) ->
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
                 with _socket_timeout(60):
-                    src.downloader(root=scratch, train=True, download=True)
+                    src.downloader()(root=scratch, train=True, download=True)
                 break
             except (RuntimeError, OSError, EOFError, tarfile.TarError) as exc:
                 if attempt == DOWNLOAD_ATTEMPTS:
@@ -394,7 +404,7 @@ def _read(name: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.T
     """One split as uint8 (N, C, H, W) and int64 labels, through torchvision's reader."""
     src = _source(name)
     try:
-        ds = src.reader(root=data_dir, train=train, download=False)
+        ds = src.reader()(root=data_dir, train=train, download=False)
     except (
         RuntimeError,
         ValueError,
@@ -418,6 +428,24 @@ def _read(name: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.T
             f"0..{src.info.n_classes - 1}"
         )
     return x.contiguous(), y
+
+
+def _cached_read(name: str, data_dir: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_read`` memoised as a tensor file beside the verified files, keyed by their checksums:
+    later jobs skip torchvision's import and parsing; a stale or unreadable cache is rebuilt."""
+    folder = data_dir / _source(name).folder
+    digests = json.loads((folder / MANIFEST).read_text())["md5"]
+    cache = folder / f"frernn-{'train' if train else 'test'}-tensors.pt"
+    if cache.exists():
+        try:
+            saved = torch.load(cache, weights_only=True)
+            if saved["md5"] == digests:
+                return saved["x"], saved["y"]
+        except Exception as exc:  # noqa: BLE001 - any unreadable cache is rebuilt
+            log.warning("rebuilding unreadable tensor cache %s (%s)", cache, _one_line(exc))
+    x, y = _read(name, data_dir, train)
+    atomic_write(cache, lambda tmp: torch.save({"md5": digests, "x": x, "y": y}, tmp))
+    return x, y
 
 
 def _subset(n_total: int, n: int | None, what: str) -> torch.Tensor | None:
@@ -448,7 +476,7 @@ def load(
     ensure(name, data_dir, download=False)
     tensors = []
     for train, n in ((True, train_subset), (False, test_subset)):
-        x, y = _read(name, data_dir, train)
+        x, y = _cached_read(name, data_dir, train)
         index = _subset(len(y), n, "train_subset" if train else "test_subset")
         if index is not None:
             x, y = x[index], y[index]

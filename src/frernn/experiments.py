@@ -54,9 +54,7 @@ class Plan:
     cells: dict[str, list[Cell]] = field(default_factory=dict)
     runs: dict[str, Run] = field(default_factory=dict)
     graphs: dict[str, Any] = field(default_factory=dict)
-    runtime_model: dict[str, float] = field(
-        default_factory=lambda: {"safety": 3, "cpu_slowdown": 10}
-    )
+    runtime_safety: float = 3.0
 
     def run(self, rid: str) -> Run:
         """The run with id ``rid`` (a clear error for an id the config does not produce)."""
@@ -79,10 +77,8 @@ class Plan:
 
     def runtime(self, rid: str, device: str) -> int:
         """Time limit (minutes) of the training job of ``rid``: estimate x safety + 5."""
-        seconds = gpu_seconds(self.run(rid).spec)
-        if device == "cpu":
-            seconds *= self.runtime_model["cpu_slowdown"]
-        return math.ceil(self.runtime_model["safety"] * seconds / 60) + 5
+        estimate = cpu_seconds if device == "cpu" else gpu_seconds
+        return math.ceil(self.runtime_safety * estimate(self.run(rid).spec) / 60) + 5
 
     def targets(self, default_only: bool = False) -> list[str]:
         """Names of the aggregated CSVs: ``runs``, one per block, ``fig3``."""
@@ -226,7 +222,11 @@ def _expand_row(name: str, block: dict[str, Any], row: dict[str, Any], ctx: _Con
             plan.runs.setdefault(rid, Run(rid, name, spec))
             method = row.get("method") or spec["method"].upper()
             grid = tuple((column(k), v) for k, v in point.items())
-            yield Cell(name, row.get("label"), method, paper["dataset"], grid, rid)
+            try:
+                label = row.get("label") or block.get("label", "").format(**dict(grid)) or None
+            except (KeyError, ValueError) as exc:
+                raise FrernnError(f"config {where}: label names no grid column: {exc}") from None
+            yield Cell(name, label, method, paper["dataset"], grid, rid)
 
 
 def _expand_block(name: str, blocks: dict[str, Any], ctx: _Context, plan: Plan) -> list[Cell]:
@@ -261,7 +261,7 @@ def build_plan(config: dict[str, Any]) -> Plan:
     }
     seeds = list(config["seeds"])[: scale_cfg.get("seeds", len(config["seeds"]))]
     plan = Plan(scale, substitute, seeds, blocks, graphs=dict(config.get("fig3", {})))
-    plan.runtime_model.update(config.get("runtime", {}))
+    plan.runtime_safety = config.get("runtime_safety", plan.runtime_safety)
     for name in blocks:
         if name not in plan.cells:
             plan.cells[name] = _expand_block(name, blocks, ctx, plan)
@@ -269,13 +269,21 @@ def build_plan(config: dict[str, Any]) -> Plan:
     return plan
 
 
-def gpu_seconds(spec: dict[str, Any]) -> float:
-    """Estimated wall clock of one run on one GPU, fitted to the published times (SPEC §6)."""
+def _sizes(spec: dict[str, Any]) -> tuple[int, int, int]:
+    """Training and test samples a run sees per epoch, and the dataset's pixels per image."""
     n_train, n_test, pixels = DATASET_SIZES[spec["dataset"]]
     train = spec["train"]
-    batch = train["batch_size"]
-    train_batches = math.ceil(min(n_train, train["train_subset"] or n_train) / batch)
-    test_batches = math.ceil(min(n_test, train["test_subset"] or n_test) / batch)
+    return (
+        min(n_train, train["train_subset"] or n_train),
+        min(n_test, train["test_subset"] or n_test),
+        pixels,
+    )
+
+
+def gpu_seconds(spec: dict[str, Any]) -> float:
+    """Estimated wall clock of one run on one GPU, fitted to the published times (SPEC §6)."""
+    n_train, n_test, pixels = _sizes(spec)
+    batch = spec["train"]["batch_size"]
     model, ep = spec["model"], spec["ep"]
     if model["kind"] == "conv":
         step = 0.66e-3 * len(model["channels"]) * (1.8 if pixels > 784 else 1.0)
@@ -287,7 +295,24 @@ def gpu_seconds(spec: dict[str, Any]) -> float:
         per_train, per_test = (ep["T"] + ep["K"]) * step + 1.84e-3, ep["T"] * step
     else:
         per_train, per_test = forward, forward / 3
-    return train["epochs"] * (train_batches * per_train + test_batches * per_test)
+    batches = math.ceil(n_train / batch), math.ceil(n_test / batch)
+    return spec["train"]["epochs"] * (batches[0] * per_train + batches[1] * per_test)
+
+
+def cpu_seconds(spec: dict[str, Any]) -> float:
+    """Estimated wall clock of one run on one CPU core (sample x step x layer costs, measured)."""
+    n_train, n_test, pixels = _sizes(spec)
+    model, ep = spec["model"], spec["ep"]
+    if model["kind"] == "conv":
+        layers = len(model["channels"]) * (1.8 if pixels > 784 else 1.0)
+        unit = 250e-6 * layers
+    else:
+        unit = 1.2e-6 * model["depth"] * (model["width"] / 64) ** 1.5
+    if spec["method"] == "ep":
+        work = n_train * (ep["T"] + ep["K"]) + n_test * ep["T"]
+    else:
+        work = 3 * n_train + n_test
+    return spec["train"]["epochs"] * unit * work
 
 
 def resolve_device(device: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import io
 import logging
 import math
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision
 from tqdm import tqdm
 
 import frernn
@@ -70,7 +70,7 @@ def versions() -> dict[str, str]:
     return {
         "frernn": frernn.__version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": importlib.metadata.version("torchvision"),
         "python": platform.python_version(),
     }
 

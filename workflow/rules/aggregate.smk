@@ -14,7 +14,7 @@ rule workflow_config:
     conda:
         "../../envs/frernn.yaml"
     params:
-        config=json.dumps(config, sort_keys=True),
+        config=lambda wc: json.dumps(config, sort_keys=True),
     shell:
         "printf '%s\\n' {params.config:q} > {output} 2> {log}"
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -9,42 +13,145 @@ from torch import Tensor
 from frernn.models.layered import LayeredFRERNN
 
 NUDGE_RULES = ("fixed", "accumulate", "recompute")
+GRAPHS_ENV = "FRERNN_CUDA_GRAPHS"  # "0" turns CUDA-graph capture off
+
+log = logging.getLogger(__name__)
+
+
+class GraphedCall:
+    """``fn`` of tensors, captured as one CUDA graph per input shape and replayed.
+
+    Inputs are copied into static buffers; the returned tensors are static too (overwritten by
+    the next call). ``capture=False`` keeps the same buffer semantics but simply reruns ``fn``
+    (the CPU stand-in, so the plumbing runs everywhere); a failed capture falls back to it.
+    """
+
+    def __init__(self, fn: Callable[..., Sequence[Tensor]], capture: bool) -> None:
+        self.fn, self.capture = fn, capture
+        self.entries: dict[tuple, tuple[Callable[[], None], list[Tensor], list[Tensor]]] = {}
+
+    def __call__(self, *inputs: Tensor) -> list[Tensor]:
+        key = tuple((t.shape, t.dtype, t.device) for t in inputs)
+        if key not in self.entries:
+            self.entries[key] = self._record([t.clone() for t in inputs])
+        replay, static_in, static_out = self.entries[key]
+        for buffer, t in zip(static_in, inputs, strict=True):
+            buffer.copy_(t)
+        replay()
+        return static_out
+
+    def _record(self, static_in: list[Tensor]):
+        if self.capture:
+            try:
+                return self._capture(static_in)
+            except RuntimeError as exc:
+                log.warning("CUDA graph capture failed (%s); running eagerly", exc)
+                self.capture = False
+        static_out = [t.clone() for t in self.fn(*static_in)]
+
+        def rerun() -> None:
+            for buffer, t in zip(static_out, self.fn(*static_in), strict=True):
+                buffer.copy_(t)
+
+        return rerun, static_in, static_out
+
+    def _capture(self, static_in: list[Tensor]):
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: cuBLAS handles and workspaces exist before capture
+                self.fn(*static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = list(self.fn(*static_in))
+        return graph.replay, static_in, static_out
 
 
 class LayeredEP:
-    """Free phase (T steps from zero), nudged phase (K steps), contrastive updates into .grad."""
+    """Free phase (T steps from zero), nudged phase (K steps), contrastive updates into .grad.
 
-    def __init__(self, net: LayeredFRERNN, T: int, K: int, nudge: float, rule: str) -> None:
+    On CUDA both the training step and inference run as captured CUDA graphs (fixed T and K
+    make every step's kernels static); ``cuda_graphs=False`` or FRERNN_CUDA_GRAPHS=0 turns
+    that off. On CPU they run eagerly.
+    """
+
+    def __init__(
+        self,
+        net: LayeredFRERNN,
+        T: int,
+        K: int,
+        nudge: float,
+        rule: str,
+        cuda_graphs: bool | None = None,
+    ) -> None:
         if rule not in NUDGE_RULES:
             raise ValueError(f"unknown nudge rule {rule!r}")
         self.net, self.T, self.K, self.nudge, self.rule = net, T, K, nudge, rule
+        if cuda_graphs is None:
+            cuda_graphs = os.environ.get(GRAPHS_ENV, "1") != "0"
+        self.cuda_graphs = cuda_graphs
+        self._graphed: dict[str, GraphedCall] = {}
         edges = net.forward_edges
-        self._src = torch.tensor([i - 1 for i, _ in edges], dtype=torch.long)
-        self._dst = torch.tensor([j - 1 for _, j in edges], dtype=torch.long)
+        self._edge_index = {
+            torch.device("cpu"): (
+                torch.tensor([i - 1 for i, _ in edges], dtype=torch.long),
+                torch.tensor([j - 1 for _, j in edges], dtype=torch.long),
+            )
+        }
 
     def parameter_groups(self) -> list[list[Tensor]]:
         return self.net.layer_parameters()
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
-        return self.net.readout(self.net.free_phase(x, self.T)[-1])
+        return self._run("predict", self._predict, x)[0]
 
     @torch.no_grad()
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        self._edges_on(x.device)
+        loss, logits, *grads = self._run("train", self._update, x, y)
+        for p, g in zip(self._learned(), grads, strict=True):
+            p.grad = g
+        return loss, logits
+
+    def graph_calls(self, capture: bool) -> None:
+        """Route train_step and predict through GraphedCall (capturing only when ``capture``)."""
+        self._graphed = {
+            name: GraphedCall(fn, capture)
+            for name, fn in (("train", self._update), ("predict", self._predict))
+        }
+
+    def _run(self, name: str, fn: Callable[..., Sequence[Tensor]], *inputs: Tensor):
+        """``fn(*inputs)``: eagerly, or through the CUDA graph of this input shape."""
+        if not self._graphed and self.cuda_graphs and inputs[0].is_cuda:
+            self.graph_calls(capture=True)
+        graphed = self._graphed.get(name)
+        return graphed(*inputs) if graphed is not None else fn(*inputs)
+
+    def _learned(self) -> list[Tensor]:
+        """Learned parameters in the order of ``_update``'s gradients."""
+        return [self.net.w_in, *self.net.w_fwd, self.net.w_out]
+
+    def _predict(self, x: Tensor) -> tuple[Tensor]:
+        return (self.net.readout(self.net.free_phase(x, self.T)[-1]),)
+
+    def _update(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
+        """(loss, free logits, grads of ``_learned()``): one EP step, no side effects."""
         net = self.net
         stack = net.recurrent_stack()
         base = net.input_drive(x)
         free = net.relax(net.zero_state(x.shape[0]), base, stack, self.T)
         logits = net.readout(free[-1])
-        target = F.one_hot(y, logits.shape[1]).to(logits.dtype)
+        target = torch.zeros_like(logits).scatter_(1, y[:, None], 1.0)
         error = torch.softmax(logits, dim=1) - target
         nudged = net.relax(free, base, stack, self.K, self._nudge_hook(error, target))
         if self.rule == "accumulate":
             readout_error = torch.softmax(net.readout(nudged[-1]), dim=1) - target
         else:
             readout_error = error
-        self._write_grads(x, free, free - nudged, readout_error)
-        return F.cross_entropy(logits, y), logits
+        grads = self._grads(x, free, free - nudged, readout_error)
+        return F.cross_entropy(logits, y), logits, *grads
 
     def _nudge_hook(self, error: Tensor, target: Tensor):
         """The per-step rewrite of the top layer's drive that implements the nudge rule."""
@@ -68,13 +175,18 @@ class LayeredEP:
 
         return {"fixed": fixed, "accumulate": accumulate, "recompute": recompute}[self.rule]
 
-    def _write_grads(self, x: Tensor, free: Tensor, diff: Tensor, readout_error: Tensor) -> None:
+    def _edges_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(sources, targets) of the forward edges as index tensors on ``device`` (cached)."""
+        if device not in self._edge_index:
+            cpu = self._edge_index[torch.device("cpu")]
+            self._edge_index[device] = tuple(t.to(device) for t in cpu)
+        return self._edge_index[device]
+
+    def _grads(self, x: Tensor, free: Tensor, diff: Tensor, readout_error: Tensor) -> list[Tensor]:
         """grad W_ij = s_i^T (s_j^free - s_j^nudged) / m, grad W_out = s_L^T e / m."""
-        net, m = self.net, x.shape[0]
-        net.w_in.grad = x.flatten(1).T @ diff[0] / m
-        if len(net.w_fwd):
-            src, dst = self._src.to(free.device), self._dst.to(free.device)
-            grads = torch.bmm(free[src].transpose(1, 2), diff[dst]) / m
-            for w, g in zip(net.w_fwd, grads, strict=True):
-                w.grad = g
-        net.w_out.grad = free[-1].T @ readout_error / m
+        m = x.shape[0]
+        grads = [x.flatten(1).T @ diff[0] / m]
+        if len(self.net.w_fwd):
+            src, dst = self._edges_on(free.device)
+            grads += list(torch.bmm(free[src].transpose(1, 2), diff[dst]) / m)
+        return [*grads, free[-1].T @ readout_error / m]

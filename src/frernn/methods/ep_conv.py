@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -9,12 +11,21 @@ from torch.nn.grad import conv2d_weight
 
 from frernn.models.conv import ConvFRERNN, rho
 
+log = logging.getLogger(__name__)
+
 
 class ConvEP:
     """Learner: T free steps, K nudged steps, δ_l = (ρ(x_l^free) − ρ(x_l^nudged)) / m."""
 
     def __init__(self, net: ConvFRERNN, T: int, K: int, nudge: float) -> None:
         self.net, self.T, self.K, self.nudge = net, T, K, float(nudge)
+        if K % 2:
+            log.warning(
+                "ep.K=%d is odd: the free phase of the conv net typically ends in a period-2 "
+                "flicker of max-pool winners, which an odd K adds to the lower layers' EP update "
+                "(use an even K; SPEC §3 uses 10)",
+                K,
+            )
 
     def parameter_groups(self) -> list[list[Tensor]]:
         """One group per layer, input→output."""
