@@ -25,9 +25,8 @@ def make_net(in_shape=(1, 28, 28), channels=(32, 64), beta=0.01, seed=0, dtype=t
 
 def batch(in_shape=(1, 28, 28), m=16, seed=1, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return torch.rand(m, *in_shape, generator=g, dtype=dtype), torch.randint(
-        0, 10, (m,), generator=g
-    )
+    x = torch.rand(m, *in_shape, generator=g, dtype=dtype)
+    return x, torch.randint(0, 10, (m,), generator=g)
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
