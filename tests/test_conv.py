@@ -113,12 +113,13 @@ def test_zero_nudge_continues_the_free_trajectory():
         onward = net.relax(drive, start, 23)
         zero_nudge = net.relax(drive, free, 3, target, 0.0)
         nudged = net.relax(drive, free, 3, target, 0.25)
-        change = max(
-            (a - b).abs().max().item() for a, b in zip(net.relax(drive, free, 1), free, strict=True)
-        )
+        one, two = net.relax(drive, free, 1), net.relax(drive, free, 2)
     for a, b in zip(zero_nudge, onward, strict=True):
         assert torch.equal(a, b)
-    assert change < 0.05  # the free phase has settled (hard-sigmoid maxpool nets may flicker)
+    # The free phase has settled into a period-2 flicker of max-pool winners (measured: one step
+    # moves the state by 0.0074, two steps by < 1e-6), why ConvEP warns about an odd K.
+    assert max((a - b).abs().max().item() for a, b in zip(one, free, strict=True)) < 0.05
+    assert max((a - b).abs().max().item() for a, b in zip(two, free, strict=True)) < 1e-5
     assert (nudged[-1] - zero_nudge[-1]).abs().max() > 1e-3
 
 
