@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import ctypes
 import gc
 import math
 import os
@@ -24,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from dense_baseline import DenseEP, PlainConvEP
+
 from frernn import data as datasets
 from frernn.methods.ep import LayeredEP
 from frernn.methods.ep_conv import ConvEP
 from frernn.models.conv import ConvFRERNN
 from frernn.models.graph import LayerGraph
-from frernn.models.layered import LayeredFRERNN, tanh_into
+from frernn.models.layered import LayeredFRERNN, tanh_of_scaled
 
 TRAIN_SAMPLES, TEST_SAMPLES, EVAL_BATCH = 60_000, 10_000, 1000
 CHECK_TOLERANCE = 1e-5
@@ -102,8 +101,13 @@ def grads(learner, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
 def update_difference(cfg: Config, x: torch.Tensor, y: torch.Tensor) -> float:
     """Largest |engine - baseline| update, relative to the update's scale, in float64."""
     engine, dense = build(cfg, x.device, torch.float64)
-    a, b = grads(engine, x.double(), y), grads(dense, x.double(), y)
-    return max(float((a[k] - b[k]).abs().max() / a[k].abs().max().clamp_min(1e-300)) for k in a)
+    return relative_difference(grads(engine, x.double(), y), grads(dense, x.double(), y))
+
+
+def relative_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """max |a - b| over all parameters, relative to the largest |a| (the update's scale)."""
+    scale = max(float(g.abs().max()) for g in a.values())
+    return max(float((a[k] - b[k]).abs().max()) for k in a) / scale
 
 
 def graph_plumbing_difference(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -118,7 +122,7 @@ def graph_plumbing_difference(x: torch.Tensor, y: torch.Tensor) -> float:
             opt.zero_grad(set_to_none=True)
             engine.train_step(x, y)
             opt.step()
-        results.append(torch.cat([p.flatten() for p in engine.net.parameters()]))
+        results.append(torch.cat([p.detach().flatten() for p in engine.net.parameters()]))
     return float((results[0] - results[1]).abs().max())
 
 
@@ -154,44 +158,35 @@ class Bench:
                 self.learner.predict(xb).argmax(1)
 
 
-class PeakMemory:
-    """Peak extra memory of a call: CUDA allocator stats, or on Linux CPU the resident-set
-    high-water mark (reset through /proc/self/clear_refs; large blocks are mmapped by glibc,
-    so freed tensors leave the resident set at once)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.cpu_ok = device.type == "cpu" and Path("/proc/self/clear_refs").exists()
-        if self.cpu_ok:
-            try:
-                m_mmap_threshold = -3
-                ctypes.CDLL("libc.so.6").mallopt(m_mmap_threshold, 64 * 1024)
-            except OSError:
-                self.cpu_ok = False
-
-    @staticmethod
-    def _status(key: str) -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
-
-    def __call__(self, fn: Callable[[], object]) -> float:
-        """Peak bytes above the memory in use before ``fn``; NaN where it cannot be measured."""
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            before = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            fn()
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device) - before
-        if not self.cpu_ok:
-            return math.nan
-        before = self._status("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")
+def peak_memory(fn: Callable[[], object], device: torch.device) -> float:
+    """Peak bytes of tensors allocated while ``fn`` runs: CUDA allocator statistics, or on CPU
+    the profiler's memory timeline (a private torch API: NaN if it is unavailable)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
         fn()
-        return self._status("VmHWM") - before
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    try:
+        from torch.profiler._memory_profiler import MemoryProfileTimeline
+
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        with torch.profiler.profile(
+            activities=activities, profile_memory=True, record_shapes=True, with_stack=True
+        ) as prof:
+            fn()
+        _, sizes = MemoryProfileTimeline(prof._memory_profile())._coalesce_timeline(device)
+        return max(sum(s) for s in sizes) - sum(sizes[0])
+    except (ImportError, AttributeError, RuntimeError, ValueError):
+        return math.nan
+
+
+def throughput(fn: Callable[[], object], work: float, device: torch.device) -> float:
+    """Best of 3 timings of ``fn`` (after a warm-up call): ``work`` units per second."""
+    fn()
+    return work / min(timed(fn, device) for _ in range(3))
 
 
 def rates(device: torch.device) -> tuple[float, float]:
@@ -201,31 +196,45 @@ def rates(device: torch.device) -> tuple[float, float]:
         a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
         out = torch.empty(m, n, device=device)
         reps = max(3, int(2e9 / (2 * m * k * n)))
-        torch.mm(a, b, out=out)
-        seconds = min(timed(lambda: [torch.mm(a, b, out=out) for _ in range(reps)], device)
-                      for _ in range(3))
-        best_mm = max(best_mm, 2 * m * k * n * reps / seconds)
+
+        def matmuls(a=a, b=b, out=out, reps=reps) -> None:
+            for _ in range(reps):
+                torch.mm(a, b, out=out)
+
+        best_mm = max(best_mm, throughput(matmuls, 2 * m * k * n * reps, device))
     x = torch.randn(10, 500, 64, device=device)
     out, work, scratch = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
-    best_tanh = 0.0
-    for act in (lambda: torch.tanh(x, out=out), lambda: tanh_into(scratch.copy_(x), out, work)):
-        act()
-        seconds = min(timed(lambda: [act() for _ in range(50)], device) for _ in range(3))
-        best_tanh = max(best_tanh, 50 * x.numel() / seconds)
+
+    def torch_tanh() -> None:
+        for _ in range(50):
+            torch.tanh(x, out=out)
+
+    def engine_tanh() -> None:
+        for _ in range(50):
+            tanh_of_scaled(scratch.copy_(x), out, work)
+
+    best_tanh = max(throughput(f, 50 * x.numel(), device) for f in (torch_tanh, engine_tanh))
     return best_mm, best_tanh
 
 
 def layered_work(cfg: Config, m: int, train: bool) -> tuple[float, float]:
-    """(matmul FLOPs, tanh evaluations) of the engine for one batch of ``m`` samples."""
+    """(matmul FLOPs, tanh evaluations) the engine does for one batch of ``m`` samples; on
+    graphs whose edges all join opposite parities its free phase updates half the layers."""
     graph = LayerGraph.build(cfg.topology, cfg.depth, 0.2, torch.Generator().manual_seed(0))
     n, edges, forward = cfg.width, len(graph.edges), len(graph.forward_edges)
-    steps = cfg.T + (cfg.K if train else 0)
-    flops = 2 * m * 784 * n + steps * 2 * m * n * n * edges + 2 * m * n * 10
+    free_edges, free_layers = float(edges * cfg.T), float(cfg.depth * cfg.T)
+    if all((j - i) % 2 for i, j in graph.edges):
+        into = [sum((j - 1) % 2 == p for _, j in graph.edges) for p in (0, 1)]
+        layers = [len(range(p, cfg.depth, 2)) for p in (0, 1)]
+        free_edges = sum(into[k % 2] for k in range(cfg.T))
+        free_layers = sum(layers[k % 2] for k in range(cfg.T))
+    steps_edges = free_edges + (cfg.K * edges if train else 0)
+    flops = 2 * m * 784 * n + 2 * m * n * n * steps_edges + 2 * m * n * 10
     if train:
         readouts = {"fixed": 0, "accumulate": 1, "recompute": cfg.K}[cfg.rule]
         flops += 2 * m * n * 10 * (2 + readouts)  # nudge E_out, W_out grad, extra readouts
         flops += 2 * m * 784 * n + 2 * m * n * n * forward  # grads W_0, W_ij
-    return flops, steps * cfg.depth * m * n
+    return flops, (free_layers + (cfg.K * cfg.depth if train else 0)) * m * n
 
 
 def conv_work(cfg: Config, m: int, train: bool) -> tuple[float, float]:
@@ -272,18 +281,16 @@ def measure(cfg: Config, data: datasets.Data, args, device, mm_rate, tanh_rate) 
     test = data.test_x[:EVAL_BATCH]
     check = update_difference(cfg, x[:64], y[:64]) if not cfg.conv else conv_check(x, y, device)
     benches = [Bench(learner, device) for learner in build(cfg, device)]
-    peak = PeakMemory(device)
     peaks = tuple(
-        peak(lambda b=b: (b.train(batches[:1]), b.evaluate(test))) / 2**20 for b in benches
+        peak_memory(lambda b=b: (b.train(batches[:1]), b.evaluate(test)), device) / 2**20
+        for b in benches
     )
     best = [[math.inf, math.inf] for _ in benches]
     for _ in range(1 if args.quick else args.repeats):
         for bench, times in zip(benches, best, strict=True):
             times[0] = min(times[0], timed(lambda b=bench: b.train(batches), device) / n_train)
             times[1] = min(times[1], timed(lambda b=bench: b.evaluate(test), device))
-    epochs = tuple(
-        TRAIN_SAMPLES / cfg.batch * t + TEST_SAMPLES / EVAL_BATCH * e for t, e in best
-    )
+    epochs = tuple(TRAIN_SAMPLES / cfg.batch * t + TEST_SAMPLES / EVAL_BATCH * e for t, e in best)
     samples = tuple(cfg.batch / t for t, _ in best)
     bound = epoch_bound(cfg, mm_rate, tanh_rate)
     return Row(cfg.name, epochs, samples, peaks, bound, check, n_train)
@@ -292,8 +299,9 @@ def measure(cfg: Config, data: datasets.Data, args, device, mm_rate, tanh_rate) 
 def conv_check(x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
     """Largest relative update difference of conv engine and baseline (float64, 16 samples)."""
     engine, plain = build(CONFIGS["conv"], device, torch.float64)
-    a, b = grads(engine, x[:16].double(), y[:16]), grads(plain, x[:16].double(), y[:16])
-    return max(float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in a)
+    return relative_difference(
+        grads(engine, x[:16].double(), y[:16]), grads(plain, x[:16].double(), y[:16])
+    )
 
 
 def table(rows: list[Row]) -> str:
@@ -313,6 +321,14 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def synthetic(device: torch.device) -> datasets.Data:
+    """Uniform random 28x28 images and labels (timings do not depend on the pixels)."""
+    gen = torch.Generator().manual_seed(0)
+    x = [torch.rand(n, 1, 28, 28, generator=gen).to(device) for n in (6000, EVAL_BATCH)]
+    y = [torch.randint(0, 10, (n,), generator=gen).to(device) for n in (6000, EVAL_BATCH)]
+    return datasets.Data(x[0], y[0], x[1], y[1], info=datasets.dataset_info("fashion_mnist"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, one batch")
@@ -322,11 +338,17 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
     parser.add_argument("--batches", type=int, default=0, help="timed training batches")
     parser.add_argument("--data-dir", type=Path, default=datasets.default_data_dir())
+    parser.add_argument(
+        "--synthetic", action="store_true", help="random images instead of Fashion-MNIST"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    data = datasets.load("fashion_mnist", args.data_dir, device)
+    if args.synthetic:
+        data = synthetic(device)
+    else:
+        data = datasets.load("fashion_mnist", args.data_dir, device)
     plumbing = graph_plumbing_difference(data.train_x[:100], data.train_y[:100])
     mm_rate, tanh_rate = rates(device)
     print(
@@ -339,10 +361,15 @@ def main() -> int:
     for name in args.configs:
         rows.append(measure(CONFIGS[name], data, args, device, mm_rate, tanh_rate))
         r = rows[-1]
-        print(f"{name}: timed {r.batches} training batch(es) + {EVAL_BATCH} test samples, "
-              f"speed-up {r.epoch[1] / r.epoch[0]:.2f}x", flush=True)
-    print(f"\nOne epoch = {TRAIN_SAMPLES} training + {TEST_SAMPLES} test samples, extrapolated; "
-          f"load at end {os.getloadavg()[0]:.1f}\n")
+        print(
+            f"{name}: timed {r.batches} training batch(es) + {EVAL_BATCH} test samples, "
+            f"speed-up {r.epoch[1] / r.epoch[0]:.2f}x",
+            flush=True,
+        )
+    print(
+        f"\nOne epoch = {TRAIN_SAMPLES} training + {TEST_SAMPLES} test samples, extrapolated; "
+        f"load at end {os.getloadavg()[0]:.1f}\n"
+    )
     print(table(rows))
     failed = [r.name for r in rows if not r.check <= CHECK_TOLERANCE]
     if failed or plumbing != 0.0:

@@ -14,7 +14,7 @@ rule workflow_config:
     conda:
         "../../envs/frernn.yaml"
     params:
-        config=lambda wc: json.dumps(config, sort_keys=True),
+        config=lambda wc: json.dumps(config),
     shell:
         "printf '%s\\n' {params.config:q} > {output} 2> {log}"
 

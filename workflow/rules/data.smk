@@ -1,4 +1,5 @@
-# One local job per dataset: fetch (or import from config["data_sources"]) into DATA_DIR.
+# One local job per dataset: `frernn data fetch` (Debian files, else a checksummed download),
+# or `frernn data import` from the directory config["data_sources"] names for it.
 
 
 localrules:
@@ -15,9 +16,11 @@ rule dataset:
     conda:
         "../../envs/frernn.yaml"
     params:
-        source=lambda wc: config.get("data_sources", {}).get(wc.dataset, ""),
+        action=lambda wc: (
+            ["import", wc.dataset, config["data_sources"][wc.dataset]]
+            if wc.dataset in config.get("data_sources", {})
+            else ["fetch", wc.dataset]
+        ),
         data_dir=DATA_DIR,
     shell:
-        "if [ -n {params.source:q} ]; then"
-        " frernn data import {wildcards.dataset} {params.source:q} --data-dir {params.data_dir:q};"
-        " else frernn data fetch {wildcards.dataset} --data-dir {params.data_dir:q}; fi > {log} 2>&1"
+        "frernn data {params.action:q} --data-dir {params.data_dir:q} > {log} 2>&1"

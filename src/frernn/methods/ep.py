@@ -141,7 +141,7 @@ class LayeredEP:
         net = self.net
         stack = net.recurrent_stack()
         base = net.input_drive(x)
-        free = net.relax(net.zero_state(x.shape[0]), base, stack, self.T)
+        free = net.relax_from_zero(base, stack, self.T)
         logits = net.readout(free[-1])
         target = torch.zeros_like(logits).scatter_(1, y[:, None], 1.0)
         error = torch.softmax(logits, dim=1) - target

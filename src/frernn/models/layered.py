@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from functools import partial
 
 import torch
@@ -17,17 +17,23 @@ StepHook = Callable[[int, Tensor, Tensor], None]
 TANH_SATURATION = 20.0  # |h| beyond which tanh(h) rounds to +-1 in float32 and float64
 
 
-def tanh_into(drive: Tensor, out: Tensor, work: Tensor) -> Tensor:
-    """tanh(drive) written into ``out``; ``drive`` and ``work`` are clobbered.
+def drive_scale(device: torch.device) -> float:
+    """Factor on every drive before ``tanh_of_scaled`` (2 on CPU: folded into the matmuls and
+    the base copy for free, and exact, being a power of two)."""
+    return 2.0 if device.type == "cpu" else 1.0
+
+
+def tanh_of_scaled(drive: Tensor, out: Tensor, work: Tensor) -> Tensor:
+    """tanh(drive / drive_scale) written into ``out``; ``drive`` and ``work`` are clobbered.
 
     On CPU torch.tanh runs MKL's VML, ~8x slower than Sleef's expm1 on AMD CPUs, so there
     tanh h = expm1(2h) / (expm1(2h) + 2) (within 3 ulp of tanh, NaN propagates) is used.
     """
     if drive.device.type != "cpu":
         return torch.tanh(drive, out=out)
-    drive.clamp_(-TANH_SATURATION, TANH_SATURATION).mul_(2)
-    torch.expm1(drive, out=out)
-    torch.add(out, 2, out=work)
+    limit = 2 * TANH_SATURATION
+    torch.expm1(drive.clamp_(-limit, limit), out=out)
+    torch.add(out, 2.0, out=work)
     return out.div_(work)
 
 
@@ -43,7 +49,7 @@ class EdgeGroup:
 
     src: slice | Tensor
     dst: slice | Tensor
-    rows: slice
+    rows: slice | Tensor
 
 
 def _selector(indices: list[int]) -> slice | Tensor:
@@ -122,34 +128,46 @@ class LayeredFRERNN(nn.Module):
         self._build_groups()
 
     def _build_groups(self) -> None:
-        """Group all edges by offset so one step is a handful of batched matmuls."""
+        """Group all edges by offset so one step is a handful of batched matmuls; where every
+        edge joins layers of opposite parity, also per parity of the target (half steps)."""
         edges = self.forward_edges + self.feedback_edges
         by_offset: dict[int, list[int]] = {}
         for k, (src, dst) in enumerate(edges):
             by_offset.setdefault(dst - src, []).append(k)
-        self.stack_order: list[int] = []
-        self.groups: list[EdgeGroup] = []
-        for offset in sorted(by_offset):
-            members = sorted(by_offset[offset], key=lambda k: edges[k][0])
-            start = len(self.stack_order)
-            self.stack_order += members
-            self.groups.append(
-                EdgeGroup(
-                    src=_selector([edges[k][0] - 1 for k in members]),
-                    dst=_selector([edges[k][1] - 1 for k in members]),
-                    rows=slice(start, len(self.stack_order)),
-                )
+        offsets = [sorted(by_offset[o], key=lambda k: edges[k][0]) for o in sorted(by_offset)]
+        self.stack_order: list[int] = [k for members in offsets for k in members]
+        row = {k: r for r, k in enumerate(self.stack_order)}
+
+        def group(members: list[int]) -> EdgeGroup:
+            return EdgeGroup(
+                src=_selector([edges[k][0] - 1 for k in members]),
+                dst=_selector([edges[k][1] - 1 for k in members]),
+                rows=_selector([row[k] for k in members]),
+            )
+
+        self.groups: list[EdgeGroup] = [group(members) for members in offsets]
+        self.half_groups: tuple[list[EdgeGroup], ...] | None = None
+        if all((dst - src) % 2 for src, dst in edges):
+            self.half_groups = tuple(
+                [
+                    group(part)
+                    for members in offsets
+                    if (part := [k for k in members if (edges[k][1] - 1) % 2 == parity])
+                ]
+                for parity in (0, 1)
             )
 
     @property
     def depth(self) -> int:
         return self.graph.depth
 
-    def _edge_ops(self, source: Tensor, drive: Tensor, stack: Tensor) -> list[Callable[[], None]]:
+    def _edge_ops(
+        self, source: Tensor, drive: Tensor, stack: Tensor, groups: list[EdgeGroup]
+    ) -> list[Callable[[], None]]:
         """One call per edge group adding its drive from ``source`` into ``drive``, views bound
         once so that a relaxation step does no per-layer Python work."""
         ops: list[Callable[[], None]] = []
-        for g in self.groups:
+        for g in groups:
             mats = stack[g.rows]
             if isinstance(g.src, slice) and isinstance(g.dst, slice):
                 ops.append(partial(drive[g.dst].baddbmm_, source[g.src], mats))
@@ -161,12 +179,16 @@ class LayeredFRERNN(nn.Module):
         """Move index tensors of the edge groups along with the parameters."""
         module = super()._apply(fn, recurse)
         device = self.w_in.device
-        self.groups = [
-            EdgeGroup(
-                *(s.to(device) if isinstance(s, Tensor) else s for s in (g.src, g.dst)), g.rows
-            )
-            for g in self.groups
-        ]
+
+        def moved(groups: list[EdgeGroup]) -> list[EdgeGroup]:
+            return [
+                EdgeGroup(*(s.to(device) if isinstance(s, Tensor) else s for s in astuple(g)))
+                for g in groups
+            ]
+
+        self.groups = moved(self.groups)
+        if self.half_groups is not None:
+            self.half_groups = tuple(moved(groups) for groups in self.half_groups)
         return module
 
     def feedback_matrices(self) -> list[Tensor]:
@@ -217,18 +239,50 @@ class LayeredFRERNN(nn.Module):
 
         ``hook(k, state, base)`` may rewrite ``base`` before step k (1-based), e.g. a nudge.
         """
+        scale = drive_scale(state.device)
         buffers = (state.clone(), torch.empty_like(state))
         drive, work = torch.empty_like(state), torch.empty_like(state)
-        ops = [self._edge_ops(source, drive, stack) for source in buffers]
+        ops = [self._edge_ops(source, drive, stack * scale, self.groups) for source in buffers]
         for k in range(1, steps + 1):
             current = (k - 1) % 2
             if hook is not None:
                 hook(k, buffers[current], base)
-            drive.copy_(base)
+            torch.mul(base, scale, out=drive)
             for op in ops[current]:
                 op()
-            tanh_into(drive, buffers[1 - current], work)
+            tanh_of_scaled(drive, buffers[1 - current], work)
         return buffers[steps % 2]
+
+    @torch.no_grad()
+    def relax_from_zero(self, base: Tensor, stack: Tensor, steps: int) -> Tensor:
+        """``relax`` from the zero state, for a ``base`` that drives layer 1 only (the input).
+
+        Where every edge joins layers of opposite parity (chain, residual), the odd layers stay
+        0 in step 1, so Jacobi steps from zero equal alternating in-place updates of the odd and
+        the even layers (red-black): each step updates half the layers, with the same result.
+        """
+        state = torch.zeros_like(base)
+        if self.half_groups is None:
+            return self.relax(state, base, stack, steps)
+        scale = drive_scale(base.device)
+        drive, work, scaled = torch.empty_like(base), torch.empty_like(base), stack * scale
+        halves = [
+            (
+                base[parity::2],
+                drive[parity::2],
+                work[parity::2],
+                state[parity::2],
+                self._edge_ops(state, drive, scaled, groups),
+            )
+            for parity, groups in enumerate(self.half_groups)
+        ]
+        for k in range(steps):
+            half_base, half_drive, half_work, half_state, ops = halves[k % 2]
+            torch.mul(half_base, scale, out=half_drive)
+            for op in ops if k else ():  # step 1 reads only the all-zero other half
+                op()
+            tanh_of_scaled(half_drive, half_state, half_work)
+        return state
 
     def readout(self, top: Tensor) -> Tensor:
         """Logits of the feed-forward readout from the top hidden layer."""
@@ -237,8 +291,7 @@ class LayeredFRERNN(nn.Module):
     @torch.no_grad()
     def free_phase(self, x: Tensor, steps: int) -> Tensor:
         """Free relaxation from zero: the (L, m, n) state after ``steps`` steps."""
-        base = self.input_drive(x)
-        return self.relax(self.zero_state(x.shape[0]), base, self.recurrent_stack(), steps)
+        return self.relax_from_zero(self.input_drive(x), self.recurrent_stack(), steps)
 
     def feedforward(self, x: Tensor, feedback_alignment: bool = False) -> Tensor:
         """Logits of the feed-forward twin (feedback removed), differentiable by autograd.
