@@ -22,9 +22,11 @@ DATA_DIR = config["data_dir"]
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/notebooks.smk"
 
 
 rule all:
     default_target: True
     input:
         expand("results/{target}.csv", target=PLAN.targets(default_only=True)),
+        NOTEBOOK_TARGETS,

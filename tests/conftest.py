@@ -5,8 +5,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -124,3 +127,43 @@ def fmnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = tmp_path_factory.mktemp("fmnist")
     data.ensure("fashion_mnist", data_dir, download=False)
     return data_dir
+
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "envs", "notebooks", "slurm")
+SMOKE_CONFIG = ["--config", "scale=smoke", "dataset_substitute=fashion_mnist"]
+
+
+def workflow_copy(dest: Path) -> Path:
+    """The checkout's workflow files in ``dest`` (src/ linked: the config schema refers to it)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in WORKFLOW_FILES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, dest / name)
+    (dest / "src").symlink_to(REPO / "src")
+    return dest
+
+
+def run_snakemake(
+    cwd: Path, *args: str, env: dict[str, str] | None = None, timeout: int = 120
+) -> subprocess.CompletedProcess:
+    """Run this interpreter's snakemake in ``cwd`` with the venv's commands first on PATH."""
+    env = dict(os.environ if env is None else env)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}"
+    command = [sys.executable, "-m", "snakemake", *args]
+    return subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole default target at smoke scale on Fashion-MNIST, run once per test session."""
+    cwd = workflow_copy(tmp_path_factory.mktemp("smoke"))
+    args = ["--cores", "2", *SMOKE_CONFIG, f"data_dir={cwd / 'data'}"]
+    proc = run_snakemake(cwd, *args, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return cwd

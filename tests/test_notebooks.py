@@ -115,3 +115,25 @@ def test_missing_or_empty_csv_fails_naming_the_file(executed: dict) -> None:
     log = nbformat.read(results / "logs" / "fig5-bad.ipynb", as_version=4)
     assert any(o.output_type == "error" for c in log.cells for o in c.get("outputs", []))
     assert not (results / "notebooks" / "fig5-bad.ipynb").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FIGURES)
+def test_smoke_pipeline_draws_every_figure(smoke_pipeline: Path, name: str) -> None:
+    """The workflow's notebooks, on a real kernel, wrote each figure as valid PNG and PDF."""
+    figures = smoke_pipeline / "results" / "figures"
+    assert imread(figures / f"{name}.png").size > 0
+    assert (figures / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    executed = nbformat.read(smoke_pipeline / "results/notebooks" / f"{name}.ipynb", as_version=4)
+    assert any(cell.get("outputs") for cell in executed.cells if cell.cell_type == "code")
+    assert (smoke_pipeline / "results/notebooks" / f"{name}.html").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_report_holds_every_table_figure_and_claim(smoke_pipeline: Path) -> None:
+    page = (smoke_pipeline / "results" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(FIGURES)
+    for name in TABLES + FIGURES:
+        assert f"id='{name}'" in page, name
+    assert "smoke" in page and "fashion_mnist" in page.replace("Fashion-MNIST", "fashion_mnist")
+    assert "not comparable" in page

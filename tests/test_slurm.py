@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
+from conftest import run_snakemake, workflow_copy
 
 if TYPE_CHECKING:
     from slurm_cluster import SlurmCluster
@@ -21,7 +20,6 @@ if TYPE_CHECKING:
 pytest_plugins = ["slurm_cluster"]
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "workflow", "slurm", "notebooks", "envs", "src")
 TABLE2 = ["results/table2.csv", "--config", "scale=smoke", "dataset_substitute=fashion_mnist"]
 SLURM_FLAGS = [
     "--slurm-status-command",
@@ -54,7 +52,6 @@ rule work:
         "scontrol --oneliner show job $SLURM_JOB_ID > {output};"
         " echo CUDA_VISIBLE_DEVICES=${{CUDA_VISIBLE_DEVICES:-none}} >> {output}"
 """
-COPY_IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info")
 SBATCH_VARS = ("SBATCH_ACCOUNT", "SBATCH_PARTITION")
 SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: (\S+)\)")
 
@@ -112,44 +109,24 @@ def test_profile_submits_jobs_with_resources_and_partition(
     assert (tmp_path / "out" / "gathered.txt").read_text().strip() == "local"
 
 
-def _workflow_copy(dest: Path) -> Path:
-    """Copy the repo's workflow files (not results/ or data/) into ``dest``; src/ too, for the
-    run-spec schema that the config schema references."""
-    missing = [name for name in WORKFLOW_FILES if not (REPO / name).exists()]
-    assert not missing, f"workflow files missing from the repo: {missing}"
-    for name in WORKFLOW_FILES:
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=COPY_IGNORE)
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
-
-
 def _snakemake(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """Run the venv's snakemake in ``workdir`` with the venv's commands (``frernn``) on PATH;
-    fail the test with its log tail on error."""
-    venv_bin = Path(sys.executable).parent
-    env = {**env, "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', os.defpath)}"}
-    cmd = [str(venv_bin / "snakemake"), *args]
-    proc = subprocess.run(
-        cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=1800, check=False
-    )
+    """Run snakemake in ``workdir``; fail the test with its log tail on error."""
+    proc = run_snakemake(workdir, *args, env=env, timeout=1800)
     if proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+        pytest.fail(f"snakemake {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
     return proc
 
 
 @pytest.mark.slow
 def test_smoke_table2_through_slurm_matches_local(
-    slurm_cluster: SlurmCluster, tmp_path: Path
+    slurm_cluster: SlurmCluster, smoke_pipeline: Path, tmp_path: Path
 ) -> None:
-    """Every training job of the smoke table 2 goes through sbatch; the table equals a local run."""
+    """Every training job of the smoke table 2 goes through sbatch; the table equals the local
+    smoke pipeline's (same seeds, CPU, deterministic)."""
     env = {k: v for k, v in slurm_cluster.env.items() if k not in SBATCH_VARS}
-    on_slurm = _workflow_copy(tmp_path / "slurm_run")
-    local = _workflow_copy(tmp_path / "local_run")
-
-    proc = _snakemake(on_slurm, *TABLE2, "--profile", "slurm", *SLURM_FLAGS, env=env)
+    on_slurm = workflow_copy(tmp_path / "slurm_run")
+    data = f"data_dir={smoke_pipeline / 'data'}"
+    proc = _snakemake(on_slurm, *TABLE2, data, "--profile", "slurm", *SLURM_FLAGS, env=env)
     slurm_logs = {Path(log) for _, log in SUBMITTED.findall(proc.stderr)}
     logdir = on_slurm / ".snakemake" / "slurm_logs"
     train_logs = {log for log in slurm_logs if log.relative_to(logdir).parts[0] == "rule_train"}
@@ -160,9 +137,9 @@ def test_smoke_table2_through_slurm_matches_local(
     unlogged = [r for r in runs if str(r.relative_to(on_slurm)) not in logged]
     assert not unlogged, f"trained outside the sbatch jobs: {unlogged}"
 
-    _snakemake(local, *TABLE2, "--cores", "2", env=env)
-    timing = [c for c in pd.read_csv(local / "results" / "table2.csv").columns if "wall" in c]
+    local = pd.read_csv(smoke_pipeline / "results" / "table2.csv")
+    timing = [c for c in local.columns if "wall" in c]
     pd.testing.assert_frame_equal(
         pd.read_csv(on_slurm / "results" / "table2.csv").drop(columns=timing),
-        pd.read_csv(local / "results" / "table2.csv").drop(columns=timing),
+        local.drop(columns=timing),
     )

@@ -7,7 +7,6 @@ import os
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from frernn.models.layered import LayeredFRERNN
@@ -16,6 +15,15 @@ NUDGE_RULES = ("fixed", "accumulate", "recompute")
 GRAPHS_ENV = "FRERNN_CUDA_GRAPHS"  # "0" turns CUDA-graph capture off
 
 log = logging.getLogger(__name__)
+
+
+def softmax_cross_entropy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(softmax over classes, mean cross-entropy) from one log-sum-exp; torch's own kernels
+    take ~3x longer on CPU for few classes (0.2 ms per batch of 500)."""
+    shifted = logits - logits.amax(1, keepdim=True)
+    exp = shifted.exp()
+    total = exp.sum(1, keepdim=True)
+    return exp.div_(total), (total.log_() - shifted.gather(1, y[:, None])).mean()
 
 
 class GraphedCall:
@@ -144,14 +152,15 @@ class LayeredEP:
         free = net.relax_from_zero(base, stack, self.T)
         logits = net.readout(free[-1])
         target = torch.zeros_like(logits).scatter_(1, y[:, None], 1.0)
-        error = torch.softmax(logits, dim=1) - target
+        probs, loss = softmax_cross_entropy(logits, y)
+        error = probs - target
         nudged = net.relax(free, base, stack, self.K, self._nudge_hook(error, target))
         if self.rule == "accumulate":
-            readout_error = torch.softmax(net.readout(nudged[-1]), dim=1) - target
+            readout_error = softmax_cross_entropy(net.readout(nudged[-1]), y)[0] - target
         else:
             readout_error = error
         grads = self._grads(x, free, free - nudged, readout_error)
-        return F.cross_entropy(logits, y), logits, *grads
+        return loss, logits, *grads
 
     def _nudge_hook(self, error: Tensor, target: Tensor):
         """The per-step rewrite of the top layer's drive that implements the nudge rule."""
