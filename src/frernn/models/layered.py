@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -180,11 +180,11 @@ class LayeredFRERNN(nn.Module):
         module = super()._apply(fn, recurse)
         device = self.w_in.device
 
+        def to(s: slice | Tensor) -> slice | Tensor:
+            return s.to(device) if isinstance(s, Tensor) else s
+
         def moved(groups: list[EdgeGroup]) -> list[EdgeGroup]:
-            return [
-                EdgeGroup(*(s.to(device) if isinstance(s, Tensor) else s for s in astuple(g)))
-                for g in groups
-            ]
+            return [EdgeGroup(to(g.src), to(g.dst), to(g.rows)) for g in groups]
 
         self.groups = moved(self.groups)
         if self.half_groups is not None:
