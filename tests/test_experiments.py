@@ -199,3 +199,12 @@ def test_cost_model_matches_published_wall_clocks(paper):
     rid = paper.run_ids("tableS1")[-1]
     assert paper.runtime(rid, "cpu") > paper.runtime(rid, "cuda") >= 5
     assert paper.mem_mb(paper.run_ids("table2")[1]) > paper.mem_mb(paper.run_ids("table2")[0])
+
+
+def test_thin_keeps_evenly_spaced_points_with_both_ends():
+    from frernn.experiments import thin
+
+    axis = {"model.depth": [2, 3, 5, 10], "ep.T": [20, 30, 50, 100]}
+    assert thin(axis, 2) == {"model.depth": [2, 10], "ep.T": [20, 100]}
+    assert thin({"b": [1, 2, 3, 4, 5, 6, 7]}, 3) == {"b": [1, 4, 7]}
+    assert thin(axis, None) == axis and thin(axis, 4) == axis

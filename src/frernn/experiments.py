@@ -134,6 +134,15 @@ def grid_points(axes: list[dict[str, list[Any]]]) -> Iterator[dict[str, Any]]:
         yield {k: v for point in combo for k, v in point.items()}
 
 
+def thin(axis: dict[str, list[Any]], points: int | None) -> dict[str, list[Any]]:
+    """At most ``points`` values of a (zipped) grid axis, evenly spaced, both ends kept."""
+    n = len(next(iter(axis.values())))
+    if points is None or n <= points:
+        return axis
+    keep = sorted({round(i * (n - 1) / (points - 1)) for i in range(points)})
+    return {key: [values[i] for i in keep] for key, values in axis.items()}
+
+
 def column(dotted: str) -> str:
     """Table column of a grid key: its last component (``ep.beta`` -> ``beta``)."""
     return dotted.rsplit(".", 1)[-1]
@@ -181,6 +190,7 @@ class _Context:
     scale_spec: dict[str, Any]
     substitute: str | None
     substitution: dict[str, Any]
+    sweep_points: int | None = None
 
     def run_spec(self, paper: dict[str, Any]) -> dict[str, Any]:
         spec = deep_merge(paper, self.scale_spec)
@@ -204,6 +214,7 @@ def _expand_row(name: str, block: dict[str, Any], row: dict[str, Any], ctx: _Con
     """Cells (and new runs) of one row of a block: datasets x grid points."""
     where = f"experiments.{name}" + (f" row {row['label']!r}" if row.get("label") else "")
     axes = list(block.get("grid", [])) + list(row.get("grid", []))
+    axes = [thin(axis, ctx.sweep_points) for axis in axes]
     keys = {k for axis in axes for k in axis}
     if len({column(k) for k in keys}) != len(keys):
         raise FrernnError(f"config {where}: two grid keys share a column name")
@@ -254,7 +265,13 @@ def build_plan(config: dict[str, Any]) -> Plan:
         raise FrernnError(f"config scale: {scale!r} is not one of the defined scales ({known})")
     scale_cfg = config["scales"][scale]
     substitute = config.get("dataset_substitute")
-    ctx = _Context(scale, scale_cfg.get("spec", {}), substitute, config.get("substitution", {}))
+    ctx = _Context(
+        scale,
+        scale_cfg.get("spec", {}),
+        substitute,
+        config.get("substitution", {}),
+        scale_cfg.get("sweep_points"),
+    )
     blocks = {
         name: {**block, "target": block.get("target", True), "output": block.get("output", "table")}
         for name, block in config["experiments"].items()
