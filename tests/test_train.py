@@ -227,3 +227,23 @@ def test_diagnostics_rejected_for_conv(tmp_path, capsys, fmnist_dir):
     spec = write_spec(tmp_path / "spec.yaml", model={"kind": "conv"})
     assert train(spec, tmp_path / "run", fmnist_dir, "--set", "diagnostics.dynamics=true") == 2
     assert "layered nets only" in capsys.readouterr().err
+
+
+def test_per_layer_sgd_rates_and_cosine_schedule():
+    import torch
+
+    from frernn.errors import FrernnError
+    from frernn.train import make_optimizer, make_schedule
+
+    groups = [[torch.nn.Parameter(torch.zeros(2))] for _ in range(4)]
+    optim = {"name": "sgd", "lr": [0.002, 0.2, 0.05, 0.01], "weight_decay": 0.0,
+             "schedule": "cosine", "clip": None}  # fmt: skip
+    opt = make_optimizer(optim, groups)
+    assert [g["lr"] for g in opt.param_groups] == [0.002, 0.2, 0.05, 0.01]
+    schedule = make_schedule(optim, opt, epochs=50)
+    for _ in range(50):
+        opt.step()
+        schedule.step()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-6] * 4)
+    with pytest.raises(FrernnError, match="optim.lr has 3 rates but the net has 4 layers"):
+        make_optimizer({**optim, "lr": [0.1, 0.1, 0.1]}, groups)

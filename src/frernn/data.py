@@ -256,6 +256,15 @@ def _stage_cifar(source: Path, staging: Path) -> Staged:
     return staged
 
 
+def _scratch_dir(data_dir: Path, prefix: str) -> Path:
+    """A fresh hidden working folder inside ``data_dir`` (same file system: moves are renames)."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=data_dir))
+    except OSError as exc:
+        raise FrernnError(f"cannot write to {data_dir}: {exc.strerror or exc}") from exc
+
+
 def import_dir(
     name: str, source: Path, data_dir: Path, checksums: Mapping[str, str] | None = None
 ) -> None:
@@ -266,11 +275,7 @@ def import_dir(
     expected = checksums if checksums is not None else CHECKSUMS[name]
     if not source.is_dir():
         raise FrernnError(f"{source}: no such directory (expected the original {name} files)")
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".import-{name}-", dir=data_dir))
-    except OSError as exc:
-        raise FrernnError(f"cannot write to {data_dir}: {exc.strerror or exc}") from exc
+    staging = _scratch_dir(data_dir, f".import-{name}-")
     try:
         if name == "cifar10":
             staged = _stage_cifar(source, staging)
@@ -365,11 +370,7 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 def _download(name: str, data_dir: Path, checksums: Mapping[str, str] | None) -> None:
     """Let torchvision download (checksummed) into a scratch dir, then import from there."""
     src = _source(name)
-    try:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".download-{name}-", dir=data_dir))
-    except OSError as exc:
-        raise FrernnError(f"cannot write to {data_dir}: {exc.strerror or exc}") from exc
+    scratch = _scratch_dir(data_dir, f".download-{name}-")
     try:
         for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
             try:
