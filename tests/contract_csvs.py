@@ -60,7 +60,7 @@ def _summary(table, row, method, dataset, ours, paper, scale, substitute, **grid
         **grid,
         "n": 2,
         "n_expected": 2,
-        "missing": 0,
+        "missing": "",  # names of missing runs (run_id/seed<k>), empty when none
         "test_best_mean": ours,
         "test_best_std": 0.1,
         "test_final_mean": ours - 0.3,
