@@ -191,8 +191,12 @@ def fig5_diagnostics(df: pd.DataFrame) -> Figure:
         ax.set_title(f"({chr(ord('a') + k)})", loc="left")
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(4, len(labels)))
+    legend = {}  # every series once: test error exists after training only, so use all panels
+    for ax in axes[: len(panels)]:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
+    fig.legend(
+        legend.values(), legend.keys(), loc="outside lower center", ncols=2
+    )
     return fig
 
 
