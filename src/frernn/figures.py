@@ -194,9 +194,7 @@ def fig5_diagnostics(df: pd.DataFrame) -> Figure:
     legend = {}  # every series once: test error exists after training only, so use all panels
     for ax in axes[: len(panels)]:
         legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
-    fig.legend(
-        legend.values(), legend.keys(), loc="outside lower center", ncols=2
-    )
+    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=2)
     return fig
 
 
