@@ -14,27 +14,6 @@ from frernn.errors import FrernnError
 from frernn.models.graph import LayerGraph
 
 StepHook = Callable[[int, Tensor, Tensor], None]
-TANH_SATURATION = 20.0  # |h| beyond which tanh(h) rounds to +-1 in float32 and float64
-
-
-def drive_scale(device: torch.device) -> float:
-    """Factor on every drive before ``tanh_of_scaled`` (2 on CPU: folded into the matmuls and
-    the base copy for free, and exact, being a power of two)."""
-    return 2.0 if device.type == "cpu" else 1.0
-
-
-def tanh_of_scaled(drive: Tensor, out: Tensor, work: Tensor) -> Tensor:
-    """tanh(drive / drive_scale) written into ``out``; ``drive`` and ``work`` are clobbered.
-
-    On CPU torch.tanh runs MKL's VML, ~8x slower than Sleef's expm1 on AMD CPUs, so there
-    tanh h = expm1(2h) / (expm1(2h) + 2) (within 3 ulp of tanh, NaN propagates) is used.
-    """
-    if drive.device.type != "cpu":
-        return torch.tanh(drive, out=out)
-    limit = 2 * TANH_SATURATION
-    torch.expm1(drive.clamp_(-limit, limit), out=out)
-    torch.add(out, 2.0, out=work)
-    return out.div_(work)
 
 
 def glorot(rows: int, cols: int, generator: torch.Generator) -> Tensor:
@@ -239,18 +218,17 @@ class LayeredFRERNN(nn.Module):
 
         ``hook(k, state, base)`` may rewrite ``base`` before step k (1-based), e.g. a nudge.
         """
-        scale = drive_scale(state.device)
         buffers = (state.clone(), torch.empty_like(state))
-        drive, work = torch.empty_like(state), torch.empty_like(state)
-        ops = [self._edge_ops(source, drive, stack * scale, self.groups) for source in buffers]
+        drive = torch.empty_like(state)
+        ops = [self._edge_ops(source, drive, stack, self.groups) for source in buffers]
         for k in range(1, steps + 1):
             current = (k - 1) % 2
             if hook is not None:
                 hook(k, buffers[current], base)
-            torch.mul(base, scale, out=drive)
+            drive.copy_(base)
             for op in ops[current]:
                 op()
-            tanh_of_scaled(drive, buffers[1 - current], work)
+            torch.tanh(drive, out=buffers[1 - current])
         return buffers[steps % 2]
 
     @torch.no_grad()
@@ -264,24 +242,22 @@ class LayeredFRERNN(nn.Module):
         state = torch.zeros_like(base)
         if self.half_groups is None:
             return self.relax(state, base, stack, steps)
-        scale = drive_scale(base.device)
-        drive, work, scaled = torch.empty_like(base), torch.empty_like(base), stack * scale
+        drive = torch.empty_like(base)
         halves = [
             (
                 base[parity::2],
                 drive[parity::2],
-                work[parity::2],
                 state[parity::2],
-                self._edge_ops(state, drive, scaled, groups),
+                self._edge_ops(state, drive, stack, groups),
             )
             for parity, groups in enumerate(self.half_groups)
         ]
         for k in range(steps):
-            half_base, half_drive, half_work, half_state, ops = halves[k % 2]
-            torch.mul(half_base, scale, out=half_drive)
+            half_base, half_drive, half_state, ops = halves[k % 2]
+            half_drive.copy_(half_base)
             for op in ops if k else ():  # step 1 reads only the all-zero other half
                 op()
-            tanh_of_scaled(half_drive, half_state, half_work)
+            torch.tanh(half_drive, out=half_state)
         return state
 
     def readout(self, top: Tensor) -> Tensor:
