@@ -14,7 +14,6 @@ import yaml
 from frernn.errors import FrernnError
 from frernn.spec import DEFAULT_SPEC, deep_merge, resolve, run_id, run_spec_schema
 
-OUTPUT_KINDS = ("table", "trajectory", "dynamics", "curves")
 DATASET_SIZES = {  # (train, test, pixels): fixes per-job memory and the cost model
     "mnist": (60_000, 10_000, 784),
     "fashion_mnist": (60_000, 10_000, 784),
