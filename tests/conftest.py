@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from frernn import data
 
@@ -167,3 +168,12 @@ def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proc = run_snakemake(cwd, *args, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-5000:]
     return cwd
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread, as training jobs do on the shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

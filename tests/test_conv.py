@@ -217,13 +217,7 @@ def test_odd_K_is_warned_about(caplog: pytest.LogCaptureFixture):
     assert "ep.K=5 is odd" in caplog.text
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Time and run the learning tests on one core, as on the shared test machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TRAIN_N, TEST_N, EPOCHS, BATCH = 3000, 1000, 2, 64
