@@ -22,20 +22,13 @@ from frernn import cli, data
 from frernn.data import catalog, download
 from frernn.errors import FrernnError
 
+pytestmark = pytest.mark.usefixtures("own_cache_dir")
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FOLDERS = {
     "mnist": "MNIST/raw",
     "fashion_mnist": "FashionMNIST/raw",
     "cifar10": "cifar-10-batches-py",
 }
-
-
-@pytest.fixture(autouse=True)
-def own_cache_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fresh FRERNN_CACHE_DIR per test, so nothing reaches the user's real cache."""
-    cache_dir = tmp_path_factory.mktemp("cache")
-    monkeypatch.setenv("FRERNN_CACHE_DIR", str(cache_dir))
-    return cache_dir
 
 
 def _tree(root: Path) -> list[Path]:
@@ -361,7 +354,8 @@ def test_download_goes_through_torchvision_with_retries(
     message = r"cannot download mnist \(Error downloading .*without network: put the four"
     with caplog.at_level(logging.WARNING), pytest.raises(FrernnError, match=message):
         data.ensure("mnist", tmp_path / "data", checksums=checksums)
-    assert len([r for r in caplog.records if "retrying" in r.message]) == download.DOWNLOAD_ATTEMPTS - 1
+    retries = [r for r in caplog.records if "retrying" in r.message]
+    assert len(retries) == download.DOWNLOAD_ATTEMPTS - 1
     assert _tree(tmp_path / "data") == []
     monkeypatch.setattr(tvd.MNIST, "mirrors", [f"{url}mnist/"])
     data.ensure("mnist", tmp_path / "data", checksums=checksums)

@@ -28,7 +28,7 @@ def _valid(path: Path, digests: dict[str, str]) -> Split | None:
         saved = torch.load(path, weights_only=True)
         if saved["md5"] == digests:
             return saved["x"], saved["y"]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except Exception as exc:  # noqa: BLE001 - an unreadable cache is ignored, then rebuilt
         log.warning("ignoring unreadable tensor cache %s (%s)", path, files.one_line(exc))
