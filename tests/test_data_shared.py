@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import FAKE_TRAIN, REPO, write_fake_dataset
+from conftest import FAKE_TRAIN, REPO, run_snakemake, workflow_copy, write_fake_dataset
 
 from frernn import cli, data
 from frernn.data import cache, files, locations
@@ -80,6 +80,19 @@ def test_dataset_step_builds_the_cache_that_loads_only_read(
     for file, st in built.items():
         assert (folder / file).stat().st_ino == st.st_ino
     assert torch.equal(loaded[0].train_x, loaded[1].train_x)
+
+
+def test_the_workflow_dataset_rule_builds_the_tensor_cache(
+    fake_data_dir: Path, tmp_path: Path
+) -> None:
+    cwd = workflow_copy(tmp_path / "wf")
+    config = ["--config", "device=cpu", f"data_dir={fake_data_dir}"]
+    proc = run_snakemake(cwd, "--cores", "1", *config, "--", "results/data/mnist.ready")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    folder = fake_data_dir / "MNIST" / "raw"
+    assert all((folder / file).is_file() for file in cache.CACHE_FILES.values())
+    log = (cwd / "results" / "logs" / "data" / "mnist.log").read_text()
+    assert log.count("building tensor cache") == 2 and "mnist: ready in" in log
 
 
 def test_a_stale_cache_is_rebuilt_from_the_new_files(fake_data_dir: Path, tmp_path: Path) -> None:
@@ -285,7 +298,8 @@ def test_read_only_files_without_a_record_are_recorded_in_the_cache_dir(
 
 
 # Runs as nobody: each case sets the environment, runs ``frernn`` with its stderr and log
-# captured, and reports the exit status and that output (a traceback counts as a failure).
+# captured (stdout dropped), and reports the exit status and that output (a traceback counts
+# as a failure).
 ERROR_DRIVER = """
 import contextlib, io, json, logging, os, sys, traceback
 from frernn import cli
@@ -296,7 +310,7 @@ for case in json.loads(sys.argv[1]):
         os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
     buffer = io.StringIO()
     logging.root.handlers[:] = [logging.StreamHandler(buffer)]
-    with contextlib.redirect_stderr(buffer):
+    with contextlib.redirect_stderr(buffer), contextlib.redirect_stdout(io.StringIO()):
         try:
             rc = cli.main(case["argv"])
         except BaseException:
@@ -306,9 +320,11 @@ print(json.dumps(results))
 """
 
 
-def test_each_os_error_on_a_data_path_is_one_line_naming_it(
-    fake_data_dir: Path, tmp_path: Path, shared_root: Path, as_nobody
+def test_os_errors_are_one_line_and_a_prepared_shared_dir_needs_no_writes(
+    fake_data_dir: Path, shared_root: Path, as_nobody
 ) -> None:
+    """As nobody: each OS error on a data or cache path is one line naming it; a read-only
+    data dir whose record and cache an administrator built is used with no cache dir at all."""
     root = shared_root / "errors"
     root.mkdir()
     read_only = _read_only_copy(fake_data_dir, root / "read-only")
@@ -317,7 +333,10 @@ def test_each_os_error_on_a_data_path_is_one_line_naming_it(
     unreadable_file.chmod(0o000)
     unsearchable = _read_only_copy(fake_data_dir, root / "unsearchable")
     (unsearchable / "MNIST" / "raw").chmod(0o700)
-    checksums = write_fake_dataset("mnist", root / "originals")
+    write_fake_dataset("mnist", root / "originals")
+    data.prepare("mnist", fake_data_dir)  # the administrator's fetch, with write access
+    prepared = _read_only_copy(fake_data_dir, root / "prepared")
+    prepared_before = _snapshot(prepared)
     cache_dir = _owned_by_nobody(root / "cache")
     (root / "a-file").write_text("not a directory")
     no_cache = {"FRERNN_CACHE_DIR": None, "XDG_CACHE_HOME": None}
@@ -350,11 +369,14 @@ def test_each_os_error_on_a_data_path_is_one_line_naming_it(
             f"cannot write to {read_only}: Permission denied",
         ),
     ]
-    assert checksums  # the originals are only ever refused for the permission, never read
-    env = [{"env": env, "argv": argv} for env, argv, _ in cases]
-    proc = as_nobody("-c", ERROR_DRIVER, json.dumps(env), env={})
+    runs = [{"env": env, "argv": argv} for env, argv, _ in cases]
+    runs.append({"env": no_cache, "argv": [*fetch, str(prepared)]})
+    proc = as_nobody("-c", ERROR_DRIVER, json.dumps(runs), env={})
     assert proc.returncode == 0, proc.stderr
-    for (_, argv, message), result in zip(cases, json.loads(proc.stdout), strict=True):
+    *results, shared = json.loads(proc.stdout)
+    assert shared["rc"] == 0 and "building" not in shared["stderr"], shared["stderr"]
+    assert _snapshot(prepared) == prepared_before
+    for (_, argv, message), result in zip(cases, results, strict=True):
         err = result["stderr"]
         assert result["rc"] == 2, (argv, err)
         assert err.startswith("frernn: error: ") and err.count("\n") == 1, (argv, err)
