@@ -52,8 +52,8 @@ def _build(name: str, data_dir: Path, train: bool, digests: dict[str, str], plac
     try:
         with files.writing(path):
             atomic_write(path, lambda tmp: torch.save({"md5": digests, "x": x, "y": y}, tmp))
-    except RuntimeError as exc:  # torch.save reports a full disk this way
-        raise FrernnError(f"cannot write {path}: {files.one_line(exc)}") from exc
+    except RuntimeError as exc:  # torch.save reports a failed write (a full disk) this way
+        raise FrernnError(f"cannot write {path}: disk full? ({files.one_line(exc)})") from exc
     return x, y
 
 
