@@ -105,7 +105,7 @@ def why_not_writable(folder: Path) -> str | None:
 def locked(path: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (created if missing), waiting for other processes."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)  # flock needs no write access
     except OSError as exc:
         raise FrernnError(f"cannot write {path}: {reason(exc)}") from exc
     try:
