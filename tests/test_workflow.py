@@ -101,7 +101,8 @@ def test_conda_env_pins_match_pyproject():
 @pytest.mark.slow
 def test_smoke_table2_end_to_end(smoke_pipeline):
     table = pd.read_csv(smoke_pipeline / "results/table2.csv")
-    assert list(table.columns) == SUMMARY_COLUMNS and len(table) == 28
+    assert [c for c in table.columns if not c.startswith("align_")] == SUMMARY_COLUMNS
+    assert len(table) == 28
     assert (table["n"] == 2).all() and table["missing"].isna().all()
     assert table["substitute"].all() and (table["scale"] == "smoke").all()
     assert (table["dataset"] == "fashion_mnist").all() and table["paper_test_mean"].isna().all()
@@ -124,3 +125,19 @@ def test_smoke_pipeline_writes_every_table(smoke_pipeline, name):
     assert len(table) > 0
     if "test_best_mean" in table.columns:
         assert table["test_best_mean"].dropna().between(0, 100).all()
+
+
+@pytest.mark.slow
+def test_smoke_conv_rows_carry_alignment_and_the_corrected_block_is_reported(smoke_pipeline):
+    results = smoke_pipeline / "results"
+    table1 = pd.read_csv(results / "table1.csv")
+    conv = table1[table1["row"].str.startswith("Conv")]
+    assert list(conv["method"]) == ["EP", "BP (straight-through)"]
+    for phase in ("before", "after"):
+        assert conv[f"align_{phase}_conv1_mean"].between(-1, 1).all()
+        assert conv[f"align_{phase}_fc_mean"].between(-1, 1).all()
+    corrected = pd.read_csv(results / "conv_corrected.csv")
+    assert len(corrected) == 6 and (corrected["n"] == 2).all()
+    assert corrected["align_before_conv2_mean"].between(-1, 1).all()
+    page = (results / "report.html").read_text()
+    assert "id='conv_corrected'" in page and "cos(update, BP) at init" in page
