@@ -104,7 +104,8 @@ class ConvFRERNN(nn.Module):
     """Conv layers l=1..L with state x_l (pre-activations), p_l = maxpool(ρ(x_l)), logits fc(p_L).
 
     The fc readout keeps nn.Linear's default bias (SPEC §3 names PyTorch defaults, and the bias is
-    outside the recurrence); it gets the exact CE gradient like the fc weight.
+    outside the recurrence); it gets the exact CE gradient like the fc weight. ``timing`` times the
+    relaxation as described (the default) or with an original notebook's one-step lags.
     """
 
     def __init__(
@@ -151,7 +152,7 @@ class ConvFRERNN(nn.Module):
         return [[layer.weight, layer.bias] for layer in [*self.convs, self.fc]]
 
     def feedback_bias(self, i: int) -> Tensor | None:
-        """The fixed bias of the feedback into layer i+1 (0-based i), None without one."""
+        """The fixed bias of the feedback from conv layer i+2 into layer i+1, None without one."""
         return getattr(self, f"feedback_bias{i}") if self.timing.feedback_bias else None
 
     def feedback_weights(self) -> list[Tensor]:
