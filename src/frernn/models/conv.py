@@ -41,7 +41,7 @@ class _StraightThroughClamp(torch.autograd.Function):
 class Relaxation(NamedTuple):
     """A state (pre-activations per layer) and the max-pools of the state one step earlier.
 
-    ``previous`` is None at a start (no earlier step); the lagged timings read it.
+    ``previous`` is None at a start (no earlier step) and when the timing reads no earlier state.
     """
 
     state: list[Tensor]
@@ -216,8 +216,10 @@ class ConvFRERNN(nn.Module):
         layer by nudge·unpool((target − softmax(o))·W_fc), o recomputed every step."""
         state, previous = start if isinstance(start, Relaxation) else (start, None)
         buffers = (torch.empty_like(drive), torch.empty_like(drive))
+        keep = self.timing.reads_previous  # else the earlier pools are freed at once
         for t in range(steps):
-            state, previous = self._step(drive, state, previous, buffers[t % 2], target, nudge)
+            state, pools = self._step(drive, state, previous, buffers[t % 2], target, nudge)
+            previous = pools if keep else None
         return Relaxation(state, previous)
 
     def _step(

@@ -26,6 +26,11 @@ class Timing:
     index: bool = False
     feedback_bias: bool = False
 
+    @property
+    def reads_previous(self) -> bool:
+        """Whether the relaxation reads the state one step earlier (any lag but the bias)."""
+        return self.readout or self.nudge_logit or self.index
+
     @classmethod
     def parse(cls, value: str | list[str]) -> Timing:
         """A preset name (``corrected``, ``notebook_table1_mnist``, ...) or a list of lag names."""
