@@ -26,6 +26,7 @@ DEFAULT_SPEC: dict[str, Any] = {
         "feedback": "symmetric",
         "agt_p": 0.2,
         "channels": [32, 64],
+        "timing": "corrected",
     },
     "ep": {"T": 20, "K": 10, "alpha": 1.0, "beta": 0.01, "nudge": 0.1, "nudge_rule": "fixed"},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "schedule": "none", "clip": None},
@@ -36,7 +37,7 @@ DEFAULT_SPEC: dict[str, Any] = {
         "test_subset": None,
         "normalize": False,
     },
-    "diagnostics": {"dynamics": False, "trajectory": False, "samples": 500},
+    "diagnostics": {"dynamics": False, "trajectory": False, "samples": 500, "alignment": False},
     "scale": "custom",
     "seed": 0,
 }
@@ -97,6 +98,10 @@ def validate(spec: dict[str, Any]) -> None:
         raise FrernnError("invalid run spec: optim.lr: per-layer rates need optim.name: sgd")
     if spec["model"]["kind"] == "conv" and spec["model"]["topology"] != "chain":
         raise FrernnError("invalid run spec: model.topology: the conv net supports only chain")
+    if spec["model"]["kind"] != "conv" and spec["model"]["timing"] not in ("corrected", []):
+        raise FrernnError("invalid run spec: model.timing: only the conv net has notebook timings")
+    if spec["model"]["kind"] != "conv" and spec["method"] == "bp_straight_through":
+        raise FrernnError("invalid run spec: method: bp_straight_through needs model.kind: conv")
     diagnostics = spec["diagnostics"]
     if spec["model"]["kind"] == "conv" and (diagnostics["dynamics"] or diagnostics["trajectory"]):
         raise FrernnError("invalid run spec: diagnostics: dynamics apply to layered nets only")

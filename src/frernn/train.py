@@ -272,6 +272,11 @@ class Run:
             )
         if diag["trajectory"]:
             self.write_trajectory()
+        if diag["alignment"]:
+            from frernn.alignment import measure
+
+            alignment = measure(self.spec, self.data, self.learner, non_finite)
+            atomic_write_json(self.out / "alignment.json", alignment)
         metrics = self.metrics(non_finite)
         atomic_write_text(self.out / "history.csv", history_csv(self.epochs))
         atomic_write_json(self.out / "metrics.json", metrics)
