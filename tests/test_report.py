@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import html
 import re
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from contract_csvs import write_results
 from matplotlib.figure import Figure
 
-from frernn import claims, figures, report
+from frernn import claims, figures, report, tables
 from frernn.errors import FrernnError
 
 
@@ -34,18 +35,21 @@ def _run_cli(argv: list[str]) -> None:
 
 
 def test_report_page_has_banner_claims_tables_and_embedded_figures(tmp_path: Path) -> None:
-    results = _results(tmp_path)
+    results = _results(tmp_path, scale="paper")
     (results / "notebooks").mkdir()
     (results / "notebooks" / "fig5.html").write_text("<html></html>")
     _run_cli(["report", "html", "--results", str(results)])
     page = (results / "report.html").read_text()
-    assert "<b>scale</b>: quick" in page and "<b>device</b>: cpu" in page
+    assert "<b>scale</b>: paper" in page and "<b>device</b>: cpu" in page
     assert "torch 2.14.1, frernn 0.1.0" in page
     assert "<b>total compute</b>: 0:14:14" in page  # 7 experiments × (30+30+31+31) s
     assert "substituted" not in page
-    for claim, *_ in claims.CLAIMS:
-        assert claim.replace("≈", "&asymp;") in page or claim in page
-    assert page.count(claims.HOLDS) >= 6
+    for claim in claims.CLAIMS:
+        assert html.escape(claim.text) in page
+    assert page.count(f">{claims.HOLDS}</span>") == 6
+    assert tables.MATCH_CSS in page and tables.MISMATCH_CSS.split(";")[0] in page
+    assert "-0.06 (t = -1.15, p = 0.29)" in page  # 2HL-512 BP: 98.2 ± 0.1 vs 98.26 ± 0.06
+    assert "train % in brackets (its best epoch) = running: running accuracy" in page
     for caption in report.TABLES.values():
         assert caption in page
     assert "98.10 ± 0.10 (99.60)" in page and "98.39 ± 0.04 (100.00)" in page
@@ -71,13 +75,18 @@ def test_compute_time_per_experiment_counts_shared_runs_once() -> None:
     assert table.loc["total", "compute (h:mm:ss)"] == "1:01:30"
 
 
-def test_substituted_run_says_so_and_compares_nothing(tmp_path: Path) -> None:
-    results = _results(tmp_path, scale="smoke", substitute="fashion_mnist")
+@pytest.mark.parametrize("substitute", ["fashion_mnist", ""])
+def test_quick_scale_report_judges_and_colours_nothing(tmp_path: Path, substitute: str) -> None:
+    results = _results(tmp_path, scale="quick", substitute=substitute)
     page = report.build(results)
-    assert "<b>substituted</b>: every experiment ran on fashion_mnist" in page
-    assert "MNIST (ran on Fashion-MNIST)" in page and "CIFAR-10 (ran on Fashion-MNIST)" in page
-    assert "98.39 ± 0.04" not in page
-    assert claims.HOLDS not in page.replace("computed: holds", "")
+    assert ("<b>substituted</b>: every experiment ran on fashion_mnist" in page) == bool(substitute)
+    if substitute:
+        assert "MNIST (ran on Fashion-MNIST)" in page and "CIFAR-10 (ran on Fashion-MNIST)" in page
+    assert "98.39 ± 0.04 (100.00)" in page  # published beside ours, without a verdict
+    assert claims.HOLDS not in page and claims.FAILS not in page
+    assert tables.MATCH_CSS not in page and tables.MISMATCH_CSS not in page
+    assert "agrees" not in page and "differs" not in page
+    assert page.count(f">{claims.INDICATIVE}</span>") == 6
 
 
 def test_missing_figure_or_csv_is_named(tmp_path: Path) -> None:

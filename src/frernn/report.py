@@ -40,7 +40,29 @@ RUN_COLUMNS = (
     "torch_version",
     "frernn_version",
 )
-VERDICT_COLOURS = {claims.HOLDS: "#009E73", claims.FAILS: "#D55E00", claims.NOT_COMPARABLE: "#777"}
+VERDICT_STYLES = {  # only a verdict at paper scale is coloured; the others are neutral greys
+    claims.HOLDS: "background:#009E73",
+    claims.FAILS: "background:#D55E00",
+    claims.NOT_RESOLVED: "background:#777",
+    claims.NOT_COMPARABLE: "background:#777",
+    claims.INDICATIVE: "background:#eee; color:#333; border:1px dashed #777",
+}
+CLAIMS_LEGEND = (
+    "A claim gets a verdict (coloured green or orange) only when every number it uses "
+    "comes from paper-scale runs (the paper's run spec: epochs, data sizes, every setting) on "
+    "the paper's datasets with every seed finished; <i>not resolved</i>: such data, but the 95 % "
+    "interval (Welch for differences, a bootstrap over seeds for argmax and rank trends) "
+    "straddles the threshold. Otherwise the verdict is <i>indicative</i>: what the data point "
+    "to, and why they cannot judge it. <i>Not comparable</i>: the numbers are absent or "
+    "incommensurable."
+)
+TABLES_LEGEND = (
+    "Tables: reproduced = best-epoch test % ± std over seeds, the paper's statistic; published "
+    "= the paper's mean ± std over 5 runs. Δ = reproduced − published with Welch's t and its "
+    "two-sided p, given only at paper scale on the paper's dataset: green when |t| ≤ 2, "
+    "orange otherwise; 'not comparable' when a side has fewer than 2 runs. Diverged "
+    "= runs whose loss became non-finite or whose final epoch is &gt; 5 points below their best."
+)
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 78rem; margin: 2rem auto; padding: 0 1rem; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1.5rem; }
@@ -105,10 +127,10 @@ def _banner(runs: pd.DataFrame, scale: str) -> str:
 
 
 def _claims_html(verdicts: list[claims.Verdict]) -> str:
-    """The verdict table, one coloured badge per claim."""
+    """The verdict table, one badge per claim (coloured only where the claim was judged)."""
     rows = "".join(
         f"<tr><td>{html.escape(v.claim)}</td><td>{html.escape(v.source)}</td>"
-        f"<td><span class='verdict' style='background:{VERDICT_COLOURS[v.verdict]}'>"
+        f"<td><span class='verdict' style='{VERDICT_STYLES[v.verdict]}'>"
         f"{html.escape(v.verdict)}</span></td><td>{html.escape(v.evidence)}</td></tr>"
         for v in verdicts
     )
@@ -138,21 +160,20 @@ def build(results: str | Path) -> str:
         n: tables.read_csv(results / f"{n}.csv", tables.SUMMARY_COLUMNS, scale) for n in TABLES
     }
     frames |= {n: figures.load(n, results / f"{n}.csv", scale) for n in ("fig5", "fig6")}
-    verdicts = claims.evaluate(frames, scale)
+    verdicts = claims.evaluate(frames)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>FRE-RNN reproduction ({html.escape(scale)})</title>",
         f"<style>{CSS}</style></head><body>",
         "<h1>Toward Practical Equilibrium Propagation (FRE-RNN): reproduction report</h1>",
         f"<p class='banner'>{_banner(runs, scale)}</p>",
-        "<h2>Claims (SPEC §7)</h2>",
+        "<h2>Claims</h2>",
+        f"<p>{CLAIMS_LEGEND}</p>",
         _claims_html(verdicts),
         "<h2>Compute time per experiment</h2>",
         compute_time(runs).to_html(),
-        "<p>Tables: reproduced = best-epoch test % ± std over seeds (train % in brackets), "
-        "the paper's statistic; Δ = reproduced − published, shaded green within 2 std, "
-        "orange outside; diverged = runs with a non-finite loss or a final epoch &gt;5 points "
-        "below their best.</p>",
+        f"<p>{TABLES_LEGEND} {html.escape(tables.train_accuracy_note(pd.concat(frames.values())))}"
+        ".</p>",
     ]
     for name, caption in TABLES.items():
         parts.append(f"<h2 id='{name}'>{html.escape(caption)}{_link(results, name)}</h2>")
