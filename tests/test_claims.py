@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -147,3 +148,124 @@ def test_decide_and_combine() -> None:
     assert claims.combine([claims.HOLDS, claims.FAILS]) == claims.FAILS
     assert claims.combine([]) == claims.NOT_RESOLVED
     assert np.isclose(claims.MATCH_POINTS, 0.5)
+
+
+CHAIN = {"model": {"width": 64}, "ep": {"nudge": 0.1, "nudge_rule": "fixed"}}
+PIPELINE = {
+    "scale": "paper",
+    "seeds": [0, 1, 2],
+    "scales": {"paper": {}, "quick": {"spec": {"train": {"epochs": 2}}}},
+    "experiments": {
+        "table2": {
+            "base": [CHAIN, {"ep": {"beta": 0.1}}],
+            "datasets": ["mnist"],
+            "rows": [
+                {"label": "10-asymm FA", "spec": {"method": "fa", "model": {"depth": 10}}},
+                {
+                    "label": "10-asymm EP-AGT (P=0.2)",
+                    "method": "EP-AGT",
+                    "spec": {"model": {"depth": 10, "topology": "agt", "agt_p": 0.2}},
+                },
+            ],
+        },
+        "tableS1": {
+            "base": CHAIN,
+            "label": "L{depth}",
+            "grid": [{"model.depth": [2, 5]}, {"ep.beta": [0.001, 0.1, 4]}],
+        },
+        "fig5": {
+            "output": "dynamics",
+            "base": [CHAIN, {"model": {"depth": 3}, "diagnostics": {"dynamics": True}}],
+            "grid": [{"model.feedback": ["symmetric"]}, {"ep.beta": [0.01, 0.1, 4]}],
+        },
+        "fig6": {
+            "output": "curves",
+            "rows": [
+                {
+                    "label": "T-sweep",
+                    "spec": [CHAIN, {"model": {"depth": 2}}],
+                    "grid": [{"ep.T": [10, 100], "ep.K": [5, 50]}, {"ep.beta": [0.01, 4]}],
+                }
+            ],
+        },
+    },
+}
+S1_PEAK = {2: 0.001, 5: 0.1}
+
+
+def _aggregated(root, scale: str = "paper", skip: tuple = ()) -> dict[str, pd.DataFrame]:
+    """Runs written as `frernn train` leaves them, aggregated and read back as the report does."""
+    from run_dirs import write_dynamics, write_run
+
+    from frernn import aggregate, experiments, tables
+
+    config = json.loads(json.dumps(PIPELINE | {"scale": scale}))
+    plan = experiments.build_plan(config)
+    for c in plan.cells["table2"]:
+        base = 96.9 if "agt" in plan.runs[c.run_id].spec["model"]["topology"] else 94.5
+        for seed in plan.seeds:
+            write_run(root, plan, c.run_id, seed, [base - 3, base + 0.1 * seed])
+    for c in plan.cells["tableS1"]:
+        grid = dict(c.grid)
+        peak = 97.0 - 3 * abs(math.log10(grid["beta"] / S1_PEAK[grid["depth"]]))
+        for seed in plan.seeds:
+            write_run(root, plan, c.run_id, seed, [peak - 5, peak + 0.2 * seed])
+    for c in plan.cells["fig5"]:
+        beta = dict(c.grid)["beta"]
+        for seed in plan.seeds:
+            out = write_run(root, plan, c.run_id, seed, [90.0])
+            d = {"sr": beta, "ftmle": math.log(beta) + 0.01 * seed, "mle": 0.0}
+            d |= {"conv_time": 20 + 50 * beta + seed, "conv_frac": 1.0}
+            if beta == 4 and seed == 1:  # no sample of this seed ever converged
+                d |= {"conv_time": None, "conv_frac": 0.0}
+            write_dynamics(out, d, d)
+    for c in plan.cells["fig6"]:
+        grid = dict(c.grid)
+        for seed in plan.seeds:
+            if grid["beta"] == 4:  # stays far below 95 %; seed 2 diverges in its last epoch
+                write_run(root, plan, c.run_id, seed, [40.0 + seed, 10.0], diverge=seed == 2)
+            else:
+                write_run(root, plan, c.run_id, seed, [95.0, 97.5 + 0.1 * seed])
+    for rid, seed in skip:
+        (root / plan.run_dir(rid(plan), seed) / "metrics.json").unlink()
+    reference = aggregate.reference_plan(config)
+    out = {}
+    for target in ("table2", "tableS1", "fig5", "fig6"):
+        path = root / f"{target}.csv"
+        aggregate.build(target, plan, root, reference).to_csv(path, index=False)
+        out[target] = tables.read_csv(path)
+    return out
+
+
+def test_verdicts_on_the_real_aggregators_output(tmp_path) -> None:
+    frames = _aggregated(tmp_path / "paper")
+    assert frames["fig6"]["diverged"].sum() == 2 and frames["fig5"]["n_none"].sum() == 2
+    verdicts = _verdicts(frames)
+    for start in ("AGT beats FA", "Optimal β", "Small β", "T=10"):
+        assert _find(verdicts, start).verdict == claims.HOLDS, _find(verdicts, start)
+    assert (
+        "L2: 0.001 (100% of draws), L5: 0.1 (100% of draws)"
+        in _find(verdicts, "Optimal β").evidence
+    )
+    assert "β=4, T=100: best epoch 41.00 ± 1.00 over 3 runs" in _find(verdicts, "T=10").evidence
+    for start in ("EP ≈ BP", "Residual", "EP is ≥10×"):
+        assert _find(verdicts, start).verdict == claims.NOT_COMPARABLE
+    comparison = frames["table2"].set_index("row")["comparison"]
+    assert comparison["10-asymm FA"] == "agrees"  # 94.6 ± 0.1 vs 94.52 ± 0.26
+    assert comparison["10-asymm EP-AGT (P=0.2)"] == "agrees"
+
+
+def test_missing_seed_and_quick_scale_on_the_real_aggregators_output(tmp_path) -> None:
+    def fa(plan):
+        return next(c.run_id for c in plan.cells["table2"] if c.method == "FA")
+
+    frames = _aggregated(tmp_path / "missing", skip=((fa, 1),))
+    verdict = _find(_verdicts(frames), "AGT beats FA")
+    assert verdict.verdict == claims.INDICATIVE and verdict.points_to == claims.HOLDS
+    assert verdict.basis[0].startswith("1 run(s) not finished: mnist-fa-")
+    assert _find(_verdicts(frames), "Optimal β").verdict == claims.HOLDS
+    quick = _verdicts(_aggregated(tmp_path / "quick", scale="quick"))
+    assert {v.verdict for v in quick.values()} == {claims.INDICATIVE, claims.NOT_COMPARABLE}
+    assert "quick scale, not the paper's (train.epochs 2 (paper 50))" in (
+        _find(quick, "Small β").basis
+    )
