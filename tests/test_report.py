@@ -112,3 +112,66 @@ def test_notebook_parameters_must_be_key_value(tmp_path: Path) -> None:
     argv = ["report", "notebook", "nb.ipynb", "--out", "o", "--html", "h", "--log", "l"]
     with pytest.raises(FrernnError, match="'csv_path' is not KEY=VALUE"):
         _run_cli([*argv, "-p", "csv_path"])
+
+
+def test_partial_report_names_failed_and_unfinished_runs(tmp_path: Path) -> None:
+    from run_dirs import write_run
+    from test_aggregate import CONFIG, cell
+
+    from frernn import experiments, partial
+
+    plan = experiments.build_plan(CONFIG)
+    rid = cell(plan, "table2", row="5-symm EP").run_id
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        write_run(results, plan, rid, seed, [96.0 + seed])
+    crashed = results / plan.run_dir(rid, 2) / "train.log"
+    crashed.parent.mkdir(parents=True)
+    crashed.write_text("INFO epoch 1\nTraceback (most recent call last):\nRuntimeError: boom\n")
+    status = partial.write(CONFIG, results, results / "partial", tmp_path)
+    by_run = status.set_index("run")
+    assert by_run.loc[f"{rid}/seed2", "status"] == "failed"
+    assert by_run.loc[f"{rid}/seed2", "detail"] == "RuntimeError: boom"
+    assert (status["status"] == "finished").sum() == 2
+    assert (status["status"] == "not finished").sum() == len(status) - 3
+    table2 = pd.read_csv(results / "partial" / "table2.csv").set_index("row")
+    assert table2.loc["5-symm EP", "n"] == 2 and table2.loc["5-symm EP", "missing"].endswith(
+        "seed2"
+    )
+    assert not (results / "partial" / "fig5.csv").exists()  # nothing finished there
+    page = (results / "partial" / "report.html").read_text()
+    assert "2 of" in page and "<b>1 failed</b>" in page and f"{rid}/seed2" in page
+    assert "RuntimeError: boom" in page and "Not drawn: no finished run yet." in page
+    assert not (results / "table2.csv").exists()  # the strict targets are left alone
+
+
+@pytest.mark.slow
+def test_partial_target_after_a_deliberately_failed_smoke_run(tmp_path: Path, fmnist_dir) -> None:
+    import yaml
+    from conftest import SMOKE_CONFIG, run_snakemake, workflow_copy
+
+    from frernn import experiments
+
+    cwd = workflow_copy(tmp_path / "wf")
+    config = yaml.safe_load((cwd / "config.yaml").read_text())
+    plan = experiments.build_plan(
+        config | {"scale": "smoke", "dataset_substitute": "fashion_mnist"}
+    )
+    broken = plan.run_dir(plan.cells["tableS1"][0].run_id, 0)
+    (cwd / "results" / broken / "spec.yaml").mkdir(parents=True)  # the job cannot write its spec
+    args = [*SMOKE_CONFIG, f"data_dir={fmnist_dir}", "device=cpu"]
+    proc = run_snakemake(
+        cwd, "results/tableS1.csv", "--keep-going", "--cores", "2", *args, timeout=900
+    )
+    assert proc.returncode != 0 and not (cwd / "results/tableS1.csv").exists()
+    proc = run_snakemake(cwd, "partial_report", "--cores", "1", *args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    status = pd.read_csv(cwd / "results/partial/status.csv").set_index("run")
+    name = broken.split("/", 2)[2]  # runs/<block>/<run_id>/seed0 -> <run_id>/seed0
+    assert status.loc[name, "status"] == "failed"
+    assert "Snakemake reports the job failed" in status.loc[name, "detail"]
+    s1 = pd.read_csv(cwd / "results/partial/tableS1.csv")
+    assert s1["n"].tolist().count(1) == 1 and (s1["n"] <= 2).all()
+    page = (cwd / "results/partial/report.html").read_text()
+    assert "<b>1 failed</b>" in page and name in page and claims.HOLDS not in page
+    assert (cwd / "results/partial/figures/fig6.png").is_file()

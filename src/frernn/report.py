@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from frernn import claims, figures, notebooks, tables
+from frernn import claims, figures, notebooks, partial, tables
 from frernn.errors import FrernnError
 from frernn.io import atomic_write_text
 
@@ -151,35 +151,80 @@ def _image(path: Path) -> str:
     return f"<img src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
 
 
-def build(results: str | Path) -> str:
-    """The report page for the results directory ``results``."""
-    results = Path(results)
-    runs = tables.read_csv(results / "runs.csv", RUN_COLUMNS)
-    scale = scale_of(runs)
-    frames = {
-        n: tables.read_csv(results / f"{n}.csv", tables.SUMMARY_COLUMNS, scale) for n in TABLES
-    }
-    frames |= {n: figures.load(n, results / f"{n}.csv", scale) for n in ("fig5", "fig6")}
+def _progress_html(status: pd.DataFrame) -> str:
+    """A partial report's progress: counts, then every failed and unfinished run by name."""
+    counts = status["status"].value_counts()
+    parts = [
+        "<h2 id='progress'>Progress (partial report)</h2>",
+        f"<p class='banner'>{counts.get('finished', 0)} of {len(status)} runs finished, "
+        f"<b>{counts.get('failed', 0)} failed</b>, {counts.get('not finished', 0)} not finished "
+        "(running, queued or not started). Tables average the finished runs only; the strict "
+        "targets stay unbuilt until every run has finished.</p>",
+    ]
+    for state, title in (("failed", "Failed runs"), ("not finished", "Runs not finished")):
+        rows = status[status["status"] == state]
+        if not rows.empty:
+            table = rows[["experiment", "run", "detail"]].to_html(index=False)
+            parts.append(f"<details open><summary>{title} ({len(rows)})</summary>{table}</details>")
+    return "\n".join(parts)
+
+
+def _read_all(results: Path, scale: str, is_partial: bool) -> dict[str, pd.DataFrame]:
+    """The tables and the Fig. 5/6 data; in a partial report an absent CSV is left out."""
+    readers = {n: lambda p: tables.read_csv(p, tables.SUMMARY_COLUMNS, scale) for n in TABLES}
+    readers |= {n: lambda p, n=n: figures.load(n, p, scale) for n in ("fig5", "fig6")}
+    frames = {}
+    for name, read in readers.items():
+        path = results / f"{name}.csv"
+        if is_partial and not path.is_file():
+            continue
+        frames[name] = read(path)
+    return frames
+
+
+def build(results: str | Path, status: pd.DataFrame | None = None) -> str:
+    """The report page for the results directory ``results``.
+
+    ``status`` (:func:`frernn.partial.job_status`) makes it a partial report: tables and figures
+    of experiments with no finished run are noted as such instead of being an error.
+    """
+    results, is_partial = Path(results), status is not None
+    if is_partial and not (results / "runs.csv").is_file():
+        scale, runs = str(status["scale"].iloc[0]), None
+    else:
+        runs = tables.read_csv(results / "runs.csv", RUN_COLUMNS)
+        scale = scale_of(runs)
+    frames = _read_all(results, scale, is_partial)
     verdicts = claims.evaluate(frames)
+    title = "reproduction report" + (" (partial)" if is_partial else "")
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>FRE-RNN reproduction ({html.escape(scale)})</title>",
+        f"<title>FRE-RNN {title} ({html.escape(scale)})</title>",
         f"<style>{CSS}</style></head><body>",
-        "<h1>Toward Practical Equilibrium Propagation (FRE-RNN): reproduction report</h1>",
-        f"<p class='banner'>{_banner(runs, scale)}</p>",
-        "<h2>Claims</h2>",
-        f"<p>{CLAIMS_LEGEND}</p>",
-        _claims_html(verdicts),
-        "<h2>Compute time per experiment</h2>",
-        compute_time(runs).to_html(),
-        f"<p>{TABLES_LEGEND} {html.escape(tables.train_accuracy_note(pd.concat(frames.values())))}"
-        ".</p>",
+        f"<h1>Toward Practical Equilibrium Propagation (FRE-RNN): {title}</h1>",
     ]
+    if runs is not None:
+        parts.append(f"<p class='banner'>{_banner(runs, scale)}</p>")
+    if is_partial:
+        parts.append(_progress_html(status))
+    parts += ["<h2>Claims</h2>", f"<p>{CLAIMS_LEGEND}</p>", _claims_html(verdicts)]
+    if runs is not None:
+        parts += ["<h2>Compute time per experiment</h2>", compute_time(runs).to_html()]
+    note = tables.train_accuracy_note(pd.concat(frames.values())) if frames else ""
+    parts.append(f"<p>{TABLES_LEGEND} {html.escape(note)}.</p>")
     for name, caption in TABLES.items():
         parts.append(f"<h2 id='{name}'>{html.escape(caption)}{_link(results, name)}</h2>")
-        parts.append(tables.render(name, frames[name]).to_html())
+        if name in frames:
+            parts.append(tables.render(name, frames[name]).to_html())
+        else:
+            parts.append("<p>No finished run yet.</p>")
     for name, caption in FIGURES.items():
-        image = _image(results / "figures" / f"{name}.png")
+        png = results / "figures" / f"{name}.png"
+        image = (
+            "<p>Not drawn: no finished run yet.</p>"
+            if is_partial and not png.is_file()
+            else (_image(png))
+        )
         parts.append(
             f"<figure id='{name}'>{image}<figcaption>{html.escape(caption)}"
             f"{_link(results, name)}</figcaption></figure>"
@@ -230,6 +275,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--kernel-prefix", type=Path, help="where `report kernel` installed it")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
     run.set_defaults(func=_cmd_notebook)
+    partial.register(commands)
     kernel = commands.add_parser("kernel", help="install the kernelspec 'frernn' for this Python")
     kernel.add_argument("--prefix", type=Path, required=True)
     kernel.set_defaults(func=_cmd_kernel)
