@@ -177,3 +177,20 @@ def test_partial_target_after_a_deliberately_failed_smoke_run(tmp_path: Path, fm
     page = (cwd / "results/partial/report.html").read_text()
     assert "<b>1 failed</b>" in page and name in page and claims.HOLDS not in page
     assert (cwd / "results/partial/figures/fig6.png").is_file()
+
+
+def test_fig6_marks_the_epoch_a_seed_diverged() -> None:
+    from contract_csvs import figure_data
+
+    fig6 = figure_data()["fig6"]
+    hit = (fig6["panel"] == "T-sweep") & (fig6["beta"] == 4) & (fig6["T"] == 100)
+    fig6.loc[hit & (fig6["epoch"] == 3), "diverged"] = 1
+    fig = figures.fig6_curves(fig6)
+    marks = [
+        line
+        for ax in fig.axes
+        for line in ax.get_lines()
+        if line.get_marker() == "x" and len(line.get_xdata())
+    ]
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [3]
+    assert marks[0].get_ydata()[0] == pytest.approx(100 - (90 + 3 - 8 - 20))

@@ -23,9 +23,13 @@ FIGURES = {
     "fig3": "Fig. 3 — adjacency matrices of the residual net and of one AGT sample",
     "fig4": "Fig. 4 — best-epoch test accuracy over α × β for L = 2, 3, 5",
     "fig5": "Fig. 5 — L=3: test error, spectral radius, FTMLE/MLE and convergence vs β "
-    "(convergence time averages converged samples only; the fraction converged is shown)",
+    "(convergence time: the 1-based step count t at which the state change has stayed below "
+    "1e-6 for 3 steps, averaged over converged samples only — the original code's index is one "
+    "lower; the fraction converged is shown; seeds with no converged sample are counted in "
+    "fig5.csv's n_none)",
     "fig6": "Fig. 6 — test error vs epoch: (a–d) T sweep per β, (e–h) β sweep per depth; "
-    "bands ±1 std",
+    "bands ±1 std; × marks an epoch in which a seed's loss became non-finite (the seed stays "
+    "in the mean)",
     "figS8": "Fig. S8 — test accuracy vs AGT connection probability P (L=10, asymmetric)",
 }
 RUN_COLUMNS = (
