@@ -49,7 +49,8 @@ def test_report_page_has_banner_claims_tables_and_embedded_figures(tmp_path: Pat
     assert page.count(f">{claims.HOLDS}</span>") == 6
     assert tables.MATCH_CSS in page and tables.MISMATCH_CSS.split(";")[0] in page
     assert "-0.06 (t = -1.15, p = 0.29)" in page  # 2HL-512 BP: 98.2 ± 0.1 vs 98.26 ± 0.06
-    assert "train % in brackets (its best epoch) = running: running accuracy" in page
+    note = "train % in brackets (its best epoch) = running: running accuracy over the epoch"
+    assert page.count(note) == len(report.TABLES)
     for caption in report.TABLES.values():
         assert caption in page
     assert "98.10 ± 0.10 (99.60)" in page and "98.39 ± 0.04 (100.00)" in page
@@ -194,3 +195,10 @@ def test_fig6_marks_the_epoch_a_seed_diverged() -> None:
     ]
     assert len(marks) == 1 and list(marks[0].get_xdata()) == [3]
     assert marks[0].get_ydata()[0] == pytest.approx(100 - (90 + 3 - 8 - 20))
+
+
+def test_train_accuracy_note_says_how_it_was_measured() -> None:
+    both = tables.train_accuracy_note(pd.DataFrame({"train_acc": ["running", "eval", "eval"]}))
+    assert "eval: an evaluation pass over the whole training set after each epoch" in both
+    assert "running: running accuracy over the epoch's training batches" in both
+    assert "not recorded" in tables.train_accuracy_note(pd.DataFrame({"n": [1]}))

@@ -214,11 +214,11 @@ def build(results: str | Path, status: pd.DataFrame | None = None) -> str:
     parts += ["<h2>Claims</h2>", f"<p>{CLAIMS_LEGEND}</p>", _claims_html(verdicts)]
     if runs is not None:
         parts += ["<h2>Compute time per experiment</h2>", compute_time(runs).to_html()]
-    note = tables.train_accuracy_note(pd.concat(frames.values())) if frames else ""
-    parts.append(f"<p>{TABLES_LEGEND} {html.escape(note)}.</p>")
+    parts.append(f"<p>{TABLES_LEGEND}</p>")
     for name, caption in TABLES.items():
         parts.append(f"<h2 id='{name}'>{html.escape(caption)}{_link(results, name)}</h2>")
         if name in frames:
+            parts.append(f"<p>{html.escape(tables.train_accuracy_note(frames[name]))}.</p>")
             parts.append(tables.render(name, frames[name]).to_html())
         else:
             parts.append("<p>No finished run yet.</p>")
