@@ -124,11 +124,6 @@ def _shown(value: Any) -> str:
     return "all" if value is None else str(value)
 
 
-def _stat(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof=1); NaN where undefined."""
-    return stats.mean_std(values)
-
-
 def _finite(value: Any) -> bool:
     """A finite number (a loss written as NaN, null or inf is not)."""
     return value is not None and math.isfinite(float(value))
@@ -225,7 +220,7 @@ def _compare(
 ) -> dict[str, Any]:
     """Paper columns beside ours; at paper scale also Welch's test of the two means.
 
-    ``basis``: why our numbers cannot be compared (:func:`frernn.gating.reasons`); then the
+    ``basis``: why our numbers cannot be compared (:func:`frernn.gating.data_reasons`); then the
     published value is carried without a difference or a verdict.
     """
     out = {f"paper_{k}": paper.get(k, math.nan) for k in PAPER_VALUES}
@@ -250,7 +245,7 @@ def _compare(
 
 def _stats(prefix: str, values: list[float]) -> dict[str, float]:
     """``{prefix_mean, prefix_std}`` of ``values``."""
-    mean, std = _stat(values)
+    mean, std = stats.mean_std(values)
     return {f"{prefix}_mean": mean, f"{prefix}_std": std}
 
 
@@ -292,7 +287,7 @@ def summary_table(results: Results, block: str) -> pd.DataFrame:
     for cell in cells:
         found, missing = results.seeds(cell.run_id)
         runs = list(found.values())
-        test_best = _stat([m["test_acc_best"] for m in runs])
+        test_best = stats.mean_std([m["test_acc_best"] for m in runs])
         grid = dict(cell.grid)
         keys = {"row": cell.row, "dataset": cell.paper_dataset, **grid}
         spec = plan.runs[cell.run_id].spec
@@ -311,7 +306,7 @@ def summary_table(results: Results, block: str) -> pd.DataFrame:
             **_stats("test_final", [m["test_acc_final"] for m in runs]),
             **_stats("train_best", [m["train_acc_best"] for m in runs]),
             "diverged": sum(bool(m["diverged"]) for m in runs),
-            "wall_seconds_mean": _stat([m["wall_seconds"] for m in runs])[0],
+            "wall_seconds_mean": stats.mean_std([m["wall_seconds"] for m in runs])[0],
             "test_best_seeds": _by_seed({s: m["test_acc_best"] for s, m in found.items()}),
             "train_acc": spec["train"].get("train_acc", "running"),
             "shared_with": _shared(plan, cell),
@@ -398,7 +393,7 @@ def dynamics_table(results: Results, block: str) -> pd.DataFrame:
         basis = _seed_basis(results, cell, found, missing)
         for (phase, metric), by_seed in values.items():
             present = [v for v in by_seed.values() if v is not None and math.isfinite(v)]
-            mean, std = _stat(present)
+            mean, std = stats.mean_std(present)
             rows.append(
                 {
                     **head,
@@ -436,7 +431,7 @@ def curves_table(results: Results, block: str) -> pd.DataFrame:
         head |= {"K": spec["ep"]["K"], "beta": spec["ep"]["beta"]}
         basis = _seed_basis(results, cell, found, missing)
         for epoch, accs in sorted(per_epoch.items()):
-            mean, std = _stat(list(accs.values()))
+            mean, std = stats.mean_std(list(accs.values()))
             rows.append(
                 {
                     **head,
