@@ -40,7 +40,7 @@ def test_report_page_has_banner_claims_tables_and_embedded_figures(tmp_path: Pat
     (results / "notebooks" / "fig5.html").write_text("<html></html>")
     _run_cli(["report", "html", "--results", str(results)])
     page = (results / "report.html").read_text()
-    assert "<b>scale</b>: paper" in page and "<b>device</b>: cpu" in page
+    assert "<b>scale</b>: paper — the paper's run specs" in page and "<b>device</b>: cpu" in page
     assert "torch 2.14.1, frernn 0.1.0" in page
     assert "<b>total compute</b>: 0:14:14" in page  # 7 experiments × (30+30+31+31) s
     assert "substituted" not in page
@@ -88,6 +88,8 @@ def test_quick_scale_report_judges_and_colours_nothing(tmp_path: Path, substitut
     assert tables.MATCH_CSS not in page and tables.MISMATCH_CSS not in page
     assert "agrees" not in page and "differs" not in page
     assert page.count(f">{claims.INDICATIVE}</span>") == 6
+    basis = "quick scale, not the paper's (train.epochs 2 (paper 50))"
+    assert f"<b>scale</b>: quick — {html.escape(basis)}" in page
 
 
 def test_missing_figure_or_csv_is_named(tmp_path: Path) -> None:
@@ -202,3 +204,14 @@ def test_train_accuracy_note_says_how_it_was_measured() -> None:
     assert "eval: an evaluation pass over the whole training set after each epoch" in both
     assert "running: running accuracy over the epoch's training batches" in both
     assert "not recorded" in tables.train_accuracy_note(pd.DataFrame({"n": [1]}))
+
+
+def test_rows_sharing_runs_with_another_table_say_so() -> None:
+    from contract_csvs import summary_tables
+
+    t2 = summary_tables("paper", "")["table2"]
+    conv = t2["row"].str.startswith("Conv") & (t2["paper_dataset"] == "mnist")
+    t2.loc[conv, "shared_with"] = "table1"
+    shown = tables.render("table2", t2).data
+    runs = shown[("MNIST", "runs")]
+    assert set(runs[runs != ""]) == {"same runs as table1"} and (runs != "").sum() == 2

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from frernn import claims, figures, notebooks, partial, tables
+from frernn import claims, figures, gating, notebooks, partial, tables
 from frernn.errors import FrernnError
 from frernn.io import atomic_write_text
 
@@ -105,8 +105,8 @@ def compute_time(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _banner(runs: pd.DataFrame, scale: str) -> str:
-    """Provenance: scale, datasets and substitution, devices, versions, total compute."""
+def _banner(runs: pd.DataFrame, scale: str, frames: dict[str, pd.DataFrame]) -> str:
+    """Provenance: scale (and what differs from the paper's), data, devices, versions, compute."""
     substitute = tables.substitute_of(runs)
     data = _distinct(runs, "dataset")
     if substitute:
@@ -127,6 +127,9 @@ def _banner(runs: pd.DataFrame, scale: str) -> str:
         "runs": str(len(runs)),
         "total compute": total,
     }
+    shown = [f for f in frames.values() if "paper_scale" in f.columns]
+    below = gating.scale_reason(pd.concat(shown, ignore_index=True)) if shown else None
+    items["scale"] += f" — {html.escape(below)}" if below else " — the paper's run specs"
     return "<br>".join(f"<b>{k}</b>: {v}" for k, v in items.items())
 
 
@@ -208,7 +211,7 @@ def build(results: str | Path, status: pd.DataFrame | None = None) -> str:
         f"<h1>Toward Practical Equilibrium Propagation (FRE-RNN): {title}</h1>",
     ]
     if runs is not None:
-        parts.append(f"<p class='banner'>{_banner(runs, scale)}</p>")
+        parts.append(f"<p class='banner'>{_banner(runs, scale, frames)}</p>")
     if is_partial:
         parts.append(_progress_html(status))
     parts += ["<h2>Claims</h2>", f"<p>{CLAIMS_LEGEND}</p>", _claims_html(verdicts)]
