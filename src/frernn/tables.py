@@ -168,8 +168,10 @@ def comparison_table(df: pd.DataFrame) -> Styler:
     fields = list(dict.fromkeys(f for cells in text.values() for _, f in cells))
     columns = pd.MultiIndex.from_tuples([(g, f) for g in groups for f in fields])
     index = pd.MultiIndex.from_tuples(list(text), names=["row", "method"])
-    shown = pd.DataFrame.from_dict(text, orient="index").reindex(columns=columns).fillna("")
-    styles = pd.DataFrame.from_dict(css, orient="index").reindex(columns=columns).fillna("")
+    shown = pd.DataFrame.from_dict(text, orient="index").reindex(columns=columns)
+    shown = shown.astype(object).fillna("")
+    styles = pd.DataFrame.from_dict(css, orient="index").reindex(columns=columns)
+    styles = styles.astype(object).fillna("")
     shown.index, styles.index = index, index
     return shown.style.apply(lambda _: styles, axis=None)
 
