@@ -1,6 +1,8 @@
 # Reproduces the tables and figures of "Toward Practical Equilibrium Propagation" (SPEC.md).
 # The experiments are data (config.yaml); grid expansion and run ids live in frernn.experiments.
 import json
+import os
+import re
 
 from snakemake.utils import min_version, validate
 
@@ -17,6 +19,9 @@ validate(config, "workflow/schemas/config.schema.yaml")
 PLAN = experiments.build_plan(config)
 DEVICE = experiments.resolve_device(config["device"])
 DATA_DIR = config["data_dir"]
+PACKS = PLAN.packs(experiments.resolve_pack(config["pack"], DEVICE))
+UNPACKED_RUN_IDS = "|".join(map(re.escape, PLAN.unpacked_run_ids(PACKS))) or "(?!)"
+os.environ["FRERNN_GPU_SLOTS"] = str(config["gpu_slots"])  # read by every job's frernn.gpu
 
 
 include: "workflow/rules/data.smk"

@@ -1,4 +1,5 @@
-# One job per (configuration, seed); the run spec comes from the expanded config (PLAN).
+# One job per (configuration, seed), or with --config pack=seeds|shape one job per pack of
+# runs (PLAN.packs): its outputs are every member's metrics.json, and `train` keeps the rest.
 
 
 rule train:
@@ -12,7 +13,7 @@ rule train:
         "results/runs/{block}/{run_id}/seed{seed}/benchmark.tsv"
     wildcard_constraints:
         block="[A-Za-z0-9_]+",
-        run_id="[^/]+",
+        run_id=UNPACKED_RUN_IDS,
         seed=r"\d+",
     conda:
         "../../envs/frernn.yaml"
@@ -31,3 +32,32 @@ rule train:
         "frernn train {params.run_dir}/spec.yaml --out {params.run_dir}"
         " --data-dir {params.data_dir:q} --device {params.device} --threads {threads}"
         " > {log} 2>&1"
+
+
+for pack in PACKS:
+    members = PLAN.pack_members(pack)
+
+    rule:
+        name:
+            f"train_pack_{pack.pack_id}"
+        input:
+            sorted({f"results/data/{PLAN.run(r).spec['dataset']}.ready" for r in pack.run_ids}),
+        output:
+            [f"{m['dir']}/metrics.json" for m in members],
+        log:
+            f"results/logs/packs/{pack.pack_id}.log",
+            [f"{m['dir']}/train.log" for m in members],
+        benchmark:
+            f"results/logs/packs/{pack.pack_id}.benchmark.tsv"
+        conda:
+            "../../envs/frernn.yaml"
+        threads: config["threads"]
+        resources:
+            **({"gpu": 1} if DEVICE == "cuda" else {}),
+            mem_mb=PLAN.pack_mem_mb(pack),
+            runtime=PLAN.pack_runtime(pack, DEVICE),
+        params:
+            members=members,
+            manifest=f"results/logs/packs/{pack.pack_id}.manifest.json",
+        script:
+            "../scripts/train_pack.py"
