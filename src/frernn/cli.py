@@ -11,6 +11,7 @@ from frernn.errors import FrernnError
 
 COMMAND_MODULES = {
     "train": "frernn.train",
+    "train-pack": "frernn.packed",
     "data": "frernn.data",
     "aggregate": "frernn.aggregate",
     "report": "frernn.report",

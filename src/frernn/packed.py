@@ -1,0 +1,139 @@
+"""Packed training: several runs of equal shapes trained in one process; ``frernn train-pack``.
+
+A pack is a list of (resolved spec, run directory). Members whose ``pack_key`` is equal are
+trained together; every member's directory ends up with the files ``frernn train`` writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from frernn import spec as run_spec
+from frernn.errors import FrernnError
+
+# Spec keys in which members of one pack may differ: everything else must be equal.
+PER_RUN_KEYS = (
+    "seed",
+    "ep.alpha",
+    "ep.beta",
+    "optim.lr",
+    "optim.weight_decay",
+    "optim.clip",
+    "diagnostics.dynamics",
+    "diagnostics.trajectory",
+    "diagnostics.samples",
+)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'ep': {'T': 20}}`` -> ``{'ep.T': 20}``."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def pack_key(spec: dict[str, Any]) -> tuple:
+    """Hashable key: runs with equal keys can be trained as one batched pack.
+
+    It holds every resolved spec value except ``PER_RUN_KEYS`` (seed, alpha, beta, learning
+    rate, weight decay, clipping, diagnostics), so dataset, method, model (kind, depth, width,
+    topology, feedback, AGT p, channels), T, K, nudge strength and rule, optimiser name and
+    schedule, epochs, batch size, subsets, normalisation and scale are shared. Feedback
+    matrices and AGT edges are drawn per seed and may differ.
+    """
+    flat = _flatten(spec)
+    return tuple(
+        (key, json.dumps(value, sort_keys=True))
+        for key, value in sorted(flat.items())
+        if key not in PER_RUN_KEYS
+    )
+
+
+def group_by_key(members: list[tuple[dict[str, Any], Path]]) -> list[list[int]]:
+    """Member indices grouped by ``pack_key``, groups and members in manifest order."""
+    groups: dict[tuple, list[int]] = {}
+    for index, (spec, _) in enumerate(members):
+        groups.setdefault(pack_key(spec), []).append(index)
+    return list(groups.values())
+
+
+def finished_metrics(out: Path) -> dict[str, Any] | None:
+    """The metrics of a finished run directory (metrics.json present), else None."""
+    path = Path(out) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def train_pack(
+    members: list[tuple[dict[str, Any], Path]], data_dir: Path, device: str = "cpu"
+) -> list[dict[str, Any]]:
+    """Train every (resolved spec, run directory) not finished yet; metrics per member.
+
+    Members sharing a ``pack_key`` are trained as one pack; finished members are skipped and
+    the others resume from their own checkpoints.
+    """
+    from frernn.train import train
+
+    outs = [Path(out).resolve() for _, out in members]
+    if len(set(outs)) != len(outs):
+        raise FrernnError("train-pack: two members write the same run directory")
+    metrics: list[dict[str, Any] | None] = [finished_metrics(out) for _, out in members]
+    for group in group_by_key(members):
+        for index in group:
+            if metrics[index] is None:
+                spec, out = members[index]
+                metrics[index] = train(spec, Path(out), data_dir, device)
+    return metrics
+
+
+def read_manifest(path: Path) -> list[tuple[dict[str, Any], Path]]:
+    """(resolved spec, run directory) of each entry of a manifest ``{"runs": [{spec, out}]}``;
+    relative paths are relative to the working directory."""
+    try:
+        manifest = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FrernnError(f"manifest not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise FrernnError(f"manifest {path} is not valid JSON: {exc}") from None
+    runs = manifest.get("runs") if isinstance(manifest, dict) else None
+    if not isinstance(runs, list) or not runs:
+        raise FrernnError(f"manifest {path}: expected {{'runs': [{{'spec': ..., 'out': ...}}]}}")
+    members = []
+    for k, entry in enumerate(runs):
+        if not isinstance(entry, dict) or set(entry) != {"spec", "out"}:
+            raise FrernnError(f"manifest {path}: runs[{k}] needs exactly the keys spec and out")
+        members.append((run_spec.load(entry["spec"]), Path(entry["out"])))
+    return members
+
+
+def _command(args: argparse.Namespace) -> int:
+    members = read_manifest(args.manifest)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    results = train_pack(members, args.data_dir, args.device)
+    for (spec, out), m in zip(members, results, strict=True):
+        print(
+            f"{out}: {run_spec.run_id(spec)} seed {spec['seed']}: "
+            f"best test {m['test_acc_best']:.2f}% diverged={m['diverged']}"
+        )
+    return 0
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """``frernn train-pack MANIFEST.json [--data-dir D] [--device ...] [--threads N]``."""
+    from frernn.data import default_data_dir
+
+    p = subparsers.add_parser("train-pack", help="train the runs of a manifest as packs")
+    p.add_argument("manifest", type=Path, help='JSON {"runs": [{"spec": PATH, "out": DIR}, ...]}')
+    p.add_argument("--data-dir", type=Path, default=default_data_dir())
+    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.set_defaults(func=_command)

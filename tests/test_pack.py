@@ -1,0 +1,95 @@
+"""Packed training: ``frernn train-pack`` manifests, pack keys, packed == alone (float64)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from frernn import spec as run_spec
+from frernn.cli import main
+from frernn.packed import pack_key
+
+TINY = {
+    "dataset": "mnist",
+    "model": {"depth": 2, "width": 16},
+    "ep": {"T": 6, "K": 3, "beta": 0.1},
+    "train": {"epochs": 2, "batch_size": 100, "train_subset": 300, "test_subset": 100},
+}
+
+
+def write_spec(path: Path, **overrides) -> Path:
+    spec = run_spec.deep_merge(TINY, overrides)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def write_manifest(path: Path, entries: list[tuple[Path, Path]]) -> Path:
+    path.write_text(json.dumps({"runs": [{"spec": str(s), "out": str(o)} for s, o in entries]}))
+    return path
+
+
+def metrics_of(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def without_timings(metrics: dict) -> dict:
+    drop = ("wall_seconds", "device")
+    stripped = {k: v for k, v in metrics.items() if k not in drop}
+    stripped["epochs"] = [{k: v for k, v in e.items() if k != "seconds"} for e in metrics["epochs"]]
+    return stripped
+
+
+def test_pack_key_ignores_per_run_values_only() -> None:
+    base = run_spec.resolve(TINY)
+    same = run_spec.resolve(
+        run_spec.deep_merge(TINY, {"seed": 3, "ep": {"beta": 0.5}, "optim": {"lr": 0.01}})
+    )
+    assert pack_key(base) == pack_key(same)
+    hash(pack_key(base))
+    for other in ({"ep": {"T": 7}}, {"model": {"depth": 3}}, {"train": {"batch_size": 50}}):
+        assert pack_key(run_spec.resolve(run_spec.deep_merge(TINY, other))) != pack_key(base)
+
+
+def test_train_pack_writes_what_train_writes_and_skips_finished(
+    tmp_path: Path, fake_data_dir: Path, one_thread
+) -> None:
+    specs = [write_spec(tmp_path / f"s{k}.yaml", seed=k) for k in range(2)]
+    alone = tmp_path / "alone"
+    data = ["--data-dir", str(fake_data_dir)]
+    assert main(["train", str(specs[1]), "--out", str(alone), *data]) == 0
+    outs = [tmp_path / "pack0", tmp_path / "pack1"]
+    manifest = write_manifest(tmp_path / "m.json", list(zip(specs, outs, strict=True)))
+    assert main(["train-pack", str(manifest), *data]) == 0
+    assert sorted(p.name for p in outs[1].iterdir()) == sorted(p.name for p in alone.iterdir())
+    assert without_timings(metrics_of(outs[1])) == without_timings(metrics_of(alone))
+    before = (outs[0] / "metrics.json").stat().st_mtime_ns
+    assert main(["train-pack", str(manifest), *data]) == 0
+    assert (outs[0] / "metrics.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "manifest not found"),
+        ("{", "not valid JSON"),
+        ('{"runs": []}', "expected"),
+        ('{"runs": [{"spec": "a.yaml"}]}', "runs[0] needs exactly the keys spec and out"),
+    ],
+)
+def test_bad_manifest_is_one_line(tmp_path: Path, capsys, content, message) -> None:
+    manifest = tmp_path / "m.json"
+    if content is not None:
+        manifest.write_text(content)
+    assert main(["train-pack", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_two_members_with_one_directory_is_an_error(tmp_path: Path, capsys) -> None:
+    spec = write_spec(tmp_path / "s.yaml")
+    manifest = write_manifest(tmp_path / "m.json", [(spec, tmp_path / "o"), (spec, tmp_path / "o")])
+    assert main(["train-pack", str(manifest)]) == 2
+    assert "same run directory" in capsys.readouterr().err
