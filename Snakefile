@@ -21,7 +21,14 @@ DEVICE = experiments.resolve_device(config["device"])
 DATA_DIR = config["data_dir"]
 PACKS = PLAN.packs(experiments.resolve_pack(config["pack"], DEVICE))
 UNPACKED_RUN_IDS = "|".join(map(re.escape, PLAN.unpacked_run_ids(PACKS))) or "(?!)"
-os.environ["FRERNN_GPU_SLOTS"] = str(config["gpu_slots"])  # read by every job's frernn.gpu
+# GPU jobs share a GPU by slot lock files (frernn.gpu); the environment, unlike params, hands
+# the number of slots to every job without making a change of it rerun finished ones.
+GPU_SLOTS = str(config["gpu_slots"])
+os.environ["FRERNN_GPU_SLOTS"] = GPU_SLOTS
+
+
+envvars:
+    "FRERNN_GPU_SLOTS",
 
 
 include: "workflow/rules/data.smk"

@@ -96,16 +96,20 @@ class Plan:
         """The packed jobs of ``mode`` (none | seeds | shape), over every configured run.
 
         ``seeds``: each configuration with all its seeds; ``shape``: all configurations sharing
-        a ``frernn.packed.pack_key``. A "pack" of one (configuration, seed) stays a plain job.
-        The packs cover every run once whatever the target, so each metrics.json has one job.
+        a ``frernn.packed.pack_key`` (runs of the default target and the others apart). A "pack"
+        of one (configuration, seed) stays a plain job. The packs cover every run once whatever
+        the target, so each metrics.json has one job (asking for one target trains the whole
+        packs its runs are in).
         """
         if mode == "none":
             return []
         from frernn.packed import pack_key
 
+        default = set(self.run_ids("runs"))
         groups: dict[Any, list[str]] = {}
         for rid, run in self.runs.items():
-            groups.setdefault(rid if mode == "seeds" else pack_key(run.spec), []).append(rid)
+            key = rid if mode == "seeds" else (rid in default, pack_key(run.spec))
+            groups.setdefault(key, []).append(rid)
         return [
             Pack(_pack_id(rids, mode), tuple(rids))
             for rids in groups.values()

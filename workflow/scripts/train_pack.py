@@ -19,8 +19,8 @@ for member in job.params.members:
     runs.append({"spec": str(run_dir / "spec.yaml"), "out": str(run_dir)})
 atomic_write_json(manifest, {"runs": runs})
 
-# device and data_dir are read here, not passed as params, so changing them reruns nothing;
-# `auto` resolves on the job's machine, as the Snakefile's own resolution does there.
+# device and data_dir are read here, not passed as params, so changing them reruns
+# nothing; `auto` resolves on the job's machine, as the Snakefile's own resolution does there.
 command = ["frernn", "train-pack", str(manifest), "--data-dir", job.config["data_dir"]]
 command += ["--device", job.config["device"], "--threads", str(job.threads)]
 with pack_log.open("w") as log:
