@@ -1,40 +1,40 @@
-"""One training run: the epoch loop, metrics.json/history.csv, per-epoch checkpoint and resume."""
+"""One training run: the epoch loop, per-epoch checkpoint and resume (its files: rundir)."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.metadata
-import io
 import logging
 import math
-import platform
+import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-import frernn
 from frernn import data as datasets
 from frernn import spec as run_spec
+from frernn.eager import eager_step, keep_optimizers_eager
 from frernn.errors import FrernnError
 from frernn.gpu import job_device
-from frernn.io import atomic_write, atomic_write_json, atomic_write_text
+from frernn.io import atomic_write, atomic_write_json
 from frernn.methods import Learner, build_learner
+from frernn.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 1000
-DIVERGENCE_DROP = 5.0
-HISTORY_FIELDS = ("epoch", "loss", "train_acc", "test_acc", "seconds")
 
 
 def make_optimizer(
     optim: dict[str, Any], groups: list[list[torch.Tensor]]
 ) -> torch.optim.Optimizer:
     """torch.optim optimiser over per-layer groups; a list ``lr`` gives one rate per layer."""
+    keep_optimizers_eager()
     rates = optim["lr"] if isinstance(optim["lr"], list) else [optim["lr"]] * len(groups)
     if len(rates) != len(groups):
         raise FrernnError(
@@ -65,57 +65,13 @@ def accuracy(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> float:
     return 100.0 * correct / len(y)
 
 
-def versions() -> dict[str, str]:
-    """Software versions recorded with every run."""
-    return {
-        "frernn": frernn.__version__,
-        "torch": torch.__version__,
-        "torchvision": importlib.metadata.version("torchvision"),
-        "python": platform.python_version(),
-    }
-
-
-def device_name(device: torch.device) -> str:
-    """Human-readable device, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def history_csv(epochs: list[dict[str, float]]) -> str:
-    """The per-epoch records as CSV text."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(epochs)
-    return buffer.getvalue()
-
-
-class Checkpoint:
-    """Everything needed to continue a run after a kill: saved atomically at each epoch end."""
-
-    def __init__(self, path: Path, run: str) -> None:
-        self.path, self.run = path, run
-
-    def save(self, state: dict[str, Any]) -> None:
-        atomic_write(self.path, lambda tmp: torch.save({"run": self.run, **state}, tmp))
-
-    def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when absent, unreadable or of another configuration."""
-        if not self.path.exists():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is discarded
-            log.warning("discarding unreadable checkpoint %s (%s)", self.path, exc)
-            return None
-        if state.get("run") != self.run:
-            log.warning("discarding checkpoint %s of another configuration", self.path)
-            return None
-        return state
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+def seeded_learner(spec: dict[str, Any], info: datasets.DatasetInfo, device: torch.device):
+    """The run's net and learning rule, initialised from its seed (training and evaluation
+    build the same net, random feedback and graph included)."""
+    torch.manual_seed(spec["seed"])
+    learner = build_learner(spec, info, torch.Generator().manual_seed(spec["seed"]))
+    learner.net.to(device)
+    return learner
 
 
 def diagnostics_batch(data: datasets.Data, samples: int) -> torch.Tensor:
@@ -124,11 +80,13 @@ def diagnostics_batch(data: datasets.Data, samples: int) -> torch.Tensor:
 
 
 class Run:
-    """A resolved spec bound to its data, learner, optimiser and output directory."""
+    """A resolved spec bound to its learner, optimiser, data and run directory."""
 
     def __init__(self, spec: dict[str, Any], out: Path, data_dir: Path, device: torch.device):
-        self.spec, self.out, self.device = spec, Path(out), device
+        self.spec, self.device = spec, device
+        self.dir = RunDir(out, spec)
         train = spec["train"]
+        self.learner = seeded_learner(spec, datasets.dataset_info(spec["dataset"]), device)
         self.data = datasets.load(
             spec["dataset"],
             data_dir,
@@ -137,15 +95,10 @@ class Run:
             train_subset=train["train_subset"],
             test_subset=train["test_subset"],
         )
-        torch.manual_seed(spec["seed"])
-        init = torch.Generator().manual_seed(spec["seed"])
-        self.learner = build_learner(spec, self.data.info, init)
-        self.learner.net.to(device)
         self.optimizer = make_optimizer(spec["optim"], self.learner.parameter_groups())
         self.schedule = make_schedule(spec["optim"], self.optimizer, train["epochs"])
         self.shuffle = torch.Generator().manual_seed(spec["seed"] + 1)
         self.diag_rng = torch.Generator().manual_seed(spec["seed"] + 2)
-        self.checkpoint = Checkpoint(self.out / "checkpoint.pt", run_spec.run_id(spec))
         self.epochs: list[dict[str, float]] = []
         self.wall = 0.0
         self.dynamics_before: dict[str, float] | None = None
@@ -173,7 +126,7 @@ class Run:
         self.diag_rng.set_state(state["diag_rng"])
         self.epochs, self.wall = list(state["epochs"]), float(state["wall"])
         self.dynamics_before = state["dynamics_before"] or None
-        log.info("resuming %s after epoch %d", self.out, len(self.epochs))
+        log.info("resuming %s after epoch %d", self.dir.out, len(self.epochs))
 
     def diagnose(self) -> dict[str, float]:
         from frernn.dynamics import diagnose
@@ -196,86 +149,78 @@ class Run:
             loss, logits = self.learner.train_step(xb, yb)
             if clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, clip)
-            self.optimizer.step()
+            eager_step(self.optimizer)
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
             progress.update(1)
         n = len(self.data.train_y)
         return float(loss_sum) / n, 100.0 * int(correct) / n
 
-    def fit(self) -> bool:
-        """Train the remaining epochs; returns True when the loss became non-finite."""
+    def run_epoch(self, progress: tqdm) -> dict[str, float]:
+        """Train one epoch and append its record; a non-finite loss is recorded as NaN with
+        the accuracies of the state it left."""
+        start = time.perf_counter()
+        loss, train_acc = self.train_epoch(progress)
+        finite = math.isfinite(loss)
+        if finite and self.schedule:
+            self.schedule.step()
+        if self.spec["train"]["train_acc"] == "eval":
+            train_acc = accuracy(self.learner, self.data.train_x, self.data.train_y)
+        test_acc = accuracy(self.learner, self.data.test_x, self.data.test_y)
+        seconds = time.perf_counter() - start
+        self.wall += seconds
+        record = {
+            "epoch": len(self.epochs) + 1,
+            "loss": loss if finite else float("nan"),
+            "train_acc": train_acc,
+            "test_acc": test_acc,
+            "seconds": seconds,
+        }
+        self.epochs.append(record)
+        return record
+
+    def fit(self) -> None:
+        """Train the remaining epochs, checkpointing each; stop in an epoch whose loss is
+        non-finite (diverged)."""
         train = self.spec["train"]
         n_batches = math.ceil(len(self.data.train_y) / train["batch_size"])
         progress = tqdm(
             total=train["epochs"] * n_batches,
             initial=len(self.epochs) * n_batches,
-            desc=self.out.name,
+            desc=self.dir.out.name,
             disable=None,
         )
-        with progress:
+        with progress, nullcontext() if progress.disable else logging_redirect_tqdm():
             while len(self.epochs) < train["epochs"]:
-                start = time.perf_counter()
-                loss, train_acc = self.train_epoch(progress)
-                if not math.isfinite(loss):
-                    log.warning("%s: loss became %s; stopping (diverged)", self.out, loss)
-                    return True
-                if self.schedule:
-                    self.schedule.step()
-                test_acc = accuracy(self.learner, self.data.test_x, self.data.test_y)
-                seconds = time.perf_counter() - start
-                self.wall += seconds
-                self.epochs.append(
-                    {
-                        "epoch": len(self.epochs) + 1,
-                        "loss": loss,
-                        "train_acc": train_acc,
-                        "test_acc": test_acc,
-                        "seconds": seconds,
-                    }
-                )
-                self.checkpoint.save(self.state())
-        return False
-
-    def metrics(self, non_finite: bool) -> dict[str, Any]:
-        """The metrics.json contract of DESIGN.md."""
-        tests = [e["test_acc"] for e in self.epochs]
-        best = max(tests, default=float("nan"))
-        final = tests[-1] if tests else float("nan")
-        return {
-            "spec": self.spec,
-            "seed": self.spec["seed"],
-            "dataset": self.spec["dataset"],
-            "test_acc_best": best,
-            "test_acc_final": final,
-            "train_acc_best": max((e["train_acc"] for e in self.epochs), default=float("nan")),
-            "diverged": non_finite or not tests or final < best - DIVERGENCE_DROP,
-            "wall_seconds": self.wall,
-            "device": device_name(self.device),
-            "versions": versions(),
-            "epochs": self.epochs,
-        }
+                record = self.run_epoch(progress)
+                self.dir.record_epoch(self.epochs, self.wall)
+                if not math.isfinite(record["loss"]):
+                    log.warning(
+                        "%s: loss became non-finite in epoch %d; stopping (diverged)",
+                        self.dir.out,
+                        record["epoch"],
+                    )
+                    return
+                self.dir.save_checkpoint(self.state())
 
     def execute(self) -> dict[str, Any]:
         """Resume or start, train, write every output; metrics.json last."""
         diag = self.spec["diagnostics"]
-        state = self.checkpoint.load()
+        state = self.dir.load_checkpoint()
         if state is not None:
             self.restore(state)
         elif diag["dynamics"]:
             self.dynamics_before = self.diagnose()
-        non_finite = self.fit()
+        self.fit()
+        metrics = self.dir.metrics(self.epochs, self.wall, self.device)
         if diag["dynamics"]:
-            after = {} if non_finite else self.diagnose()
+            after = {} if metrics["diverged_epoch"] else self.diagnose()
             atomic_write_json(
-                self.out / "dynamics.json", {"before": self.dynamics_before, "after": after}
+                self.dir.out / "dynamics.json", {"before": self.dynamics_before, "after": after}
             )
         if diag["trajectory"]:
             self.write_trajectory()
-        metrics = self.metrics(non_finite)
-        atomic_write_text(self.out / "history.csv", history_csv(self.epochs))
-        atomic_write_json(self.out / "metrics.json", metrics)
-        self.checkpoint.remove()
+        self.dir.finish(metrics, self.learner.net.state_dict())
         return metrics
 
     def write_trajectory(self) -> None:
@@ -290,10 +235,10 @@ class Run:
             with tmp.open("wb") as handle:
                 np.savez(handle, states=states, changes=changes)
 
-        atomic_write(self.out / "trajectory.npz", write)
+        atomic_write(self.dir.out / "trajectory.npz", write)
 
 
-def train(spec: dict[str, Any], out: Path, data_dir: Path, device: str = "cpu") -> dict[str, Any]:
+def train(spec: dict[str, Any], out: Path, data_dir: Path, device: str = "auto") -> dict[str, Any]:
     """Train one resolved run spec into ``out`` on ``cpu|cuda|auto``; returns its metrics.
 
     A CUDA job holds a free GPU (lock file) while it runs.
@@ -303,10 +248,27 @@ def train(spec: dict[str, Any], out: Path, data_dir: Path, device: str = "cpu") 
 
 
 def _command(args: argparse.Namespace) -> int:
-    spec = run_spec.load(args.spec, args.set)
+    if args.spec is None and not args.print_spec:
+        raise FrernnError("frernn train needs a SPEC file (or --print-spec to see the defaults)")
+    spec = run_spec.load(args.spec, args.set) if args.spec else run_spec.resolve({}, args.set)
+    if args.print_spec:
+        print(yaml.safe_dump(spec, sort_keys=False), end="")
+        return 0
+    if args.out is None:
+        raise FrernnError("frernn train needs --out DIR, the run directory to write")
+    if args.threads < 0:
+        raise FrernnError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    metrics = train(spec, args.out, args.data_dir, args.device)
+    try:
+        metrics = train(spec, args.out, args.data_dir, args.device)
+    except KeyboardInterrupt:
+        print(
+            f"frernn: training stopped (interrupted); run the same command again to resume "
+            f"{args.out} from its last finished epoch",
+            file=sys.stderr,
+        )
+        return 130
     print(
         f"{run_spec.run_id(spec)} seed {spec['seed']}: best test {metrics['test_acc_best']:.2f}% "
         f"final {metrics['test_acc_final']:.2f}% diverged={metrics['diverged']} "
@@ -317,17 +279,34 @@ def _command(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """``frernn train SPEC --out DIR [--set k=v ...] [--data-dir D] [--device ...]``."""
-    p = subparsers.add_parser("train", help="train one run spec and write its metrics")
-    p.add_argument("spec", type=Path, help="run spec (YAML or JSON)")
-    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p = subparsers.add_parser("train")
+    p.add_argument("spec", type=Path, nargs="?", help="run spec file (YAML or JSON)")
+    p.add_argument("--out", type=Path, help="run directory to write (created if absent)")
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY.PATH=VALUE",
-        help="override a spec key (repeatable)",
+        help="override a spec key, e.g. ep.beta=0.1 (repeatable)",
     )
-    p.add_argument("--data-dir", type=Path, default=datasets.default_data_dir())
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument(
+        "--print-spec",
+        action="store_true",
+        help="print the resolved spec (defaults filled in) and exit without training",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=datasets.default_data_dir(),
+        help="data directory (default: $FRERNN_DATA_DIR, else ./data)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="auto",
+        help="auto (default): a free GPU when one is visible, else the CPU",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's choice)"
+    )
     p.set_defaults(func=_command)
