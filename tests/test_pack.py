@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from frernn import spec as run_spec
@@ -93,3 +95,81 @@ def test_two_members_with_one_directory_is_an_error(tmp_path: Path, capsys) -> N
     manifest = write_manifest(tmp_path / "m.json", [(spec, tmp_path / "o"), (spec, tmp_path / "o")])
     assert main(["train-pack", str(manifest)]) == 2
     assert "same run directory" in capsys.readouterr().err
+
+
+@pytest.fixture
+def float64(monkeypatch: pytest.MonkeyPatch):
+    """Nets and data in float64 (the training code itself is dtype-agnostic)."""
+    from frernn import packed, train
+
+    def double(*args):
+        data = load(*args)
+        return dataclasses.replace(data, train_x=data.train_x.double(), test_x=data.test_x.double())
+
+    load = train.load_data
+    monkeypatch.setattr(train, "load_data", double)
+    monkeypatch.setattr(packed, "load_data", double)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+CASES = {
+    "chain-ep-fixed": {"ep": {"nudge_rule": "fixed"}},
+    "residual-ep-accumulate": {
+        "model": {"depth": 4, "topology": "residual"},
+        "ep": {"nudge_rule": "accumulate"},
+    },
+    "agt-ep-accumulate": {
+        "model": {"depth": 4, "topology": "agt", "agt_p": 0.5, "feedback": "asymmetric"},
+        "ep": {"nudge_rule": "accumulate"},
+    },
+    "chain-bp": {"method": "bp"},
+    "residual-fa": {
+        "method": "fa",
+        "model": {"depth": 4, "topology": "residual", "feedback": "asymmetric"},
+    },
+}
+MEMBERS = [  # per-run values a pack may mix; the last member diverges (lr 1e308)
+    {"seed": 0},
+    {"seed": 1, "ep": {"alpha": 0.8, "beta": 0.2}, "optim": {"lr": 3e-3}},
+    {"seed": 2, "optim": {"lr": 1e-3, "clip": 0.01}},
+    {"seed": 3, "optim": {"lr": 1e308}},
+]
+
+
+def weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "model.pt", weights_only=True)["model"]
+
+
+@pytest.mark.usefixtures("float64", "one_thread")
+@pytest.mark.parametrize("case", list(CASES))
+def test_packed_members_equal_the_same_runs_alone(tmp_path: Path, fake_data_dir: Path, case):
+    """Every member of a pack (one of them diverging) gives the metrics and final weights of
+    the same run trained alone, to 1e-12 in float64."""
+    from frernn.packed import train_pack
+    from frernn.train import train
+
+    specs = [
+        run_spec.resolve(run_spec.deep_merge(run_spec.deep_merge(TINY, CASES[case]), m))
+        for m in MEMBERS
+    ]
+    assert len({pack_key(s) for s in specs}) == 1
+    packed = train_pack(
+        [(s, tmp_path / f"pack{k}") for k, s in enumerate(specs)], fake_data_dir, "cpu"
+    )
+    for k, spec in enumerate(specs):
+        alone = train(spec, tmp_path / f"alone{k}", fake_data_dir, "cpu")
+        assert packed[k]["diverged_epoch"] == alone["diverged_epoch"] == (1 if k == 3 else None)
+        for got, want in zip(packed[k]["epochs"], alone["epochs"], strict=True):
+            assert (got["train_acc"], got["test_acc"]) == (want["train_acc"], want["test_acc"])
+            assert got["loss"] == pytest.approx(want["loss"], abs=1e-12, nan_ok=True)
+        if k < 3:
+            got_w, want_w = weights(tmp_path / f"pack{k}"), weights(tmp_path / f"alone{k}")
+            assert got_w.keys() == want_w.keys()
+            for name in want_w:
+                torch.testing.assert_close(got_w[name], want_w[name], rtol=0, atol=1e-12)
+        assert sorted(p.name for p in (tmp_path / f"pack{k}").iterdir()) == sorted(
+            p.name for p in (tmp_path / f"alone{k}").iterdir()
+        )

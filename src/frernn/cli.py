@@ -48,7 +48,7 @@ COMMANDS = {
     "train-pack": Command(
         "frernn.packed",
         "train the runs of a manifest as packs, each into its own run directory",
-        "Train the runs listed in a JSON manifest {\"runs\": [{\"spec\": PATH, \"out\": DIR}]}; "
+        'Train the runs listed in a JSON manifest {"runs": [{"spec": PATH, "out": DIR}]}; '
         "runs of equal shapes (pack key) train as one batched pack. Every run directory gets "
         "the files frernn train writes; finished runs are skipped, the others resume.",
         "frernn train-pack pack.json --data-dir data",

@@ -7,7 +7,9 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +58,19 @@ def make_schedule(optim: dict[str, Any], opt: torch.optim.Optimizer, epochs: int
 
 
 @torch.no_grad()
-def accuracy(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Percent of ``x`` classified correctly by test-time inference."""
+def accuracies(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Percent of ``x`` classified correctly by test-time inference, per member of a pack
+    (one value for a single net)."""
     correct = sum(
-        int((learner.predict(xb).argmax(1) == yb).sum())
+        (learner.predict(xb).argmax(-1) == yb).sum(-1).reshape(-1)
         for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH), strict=True)
     )
-    return 100.0 * correct / len(y)
+    return [100.0 * int(c) / len(y) for c in correct]
+
+
+def accuracy(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Percent of ``x`` classified correctly by test-time inference."""
+    return accuracies(learner, x, y)[0]
 
 
 def seeded_learner(spec: dict[str, Any], info: datasets.DatasetInfo, device: torch.device):
@@ -74,6 +82,19 @@ def seeded_learner(spec: dict[str, Any], info: datasets.DatasetInfo, device: tor
     return learner
 
 
+def load_data(spec: dict[str, Any], data_dir: Path, device: torch.device) -> datasets.Data:
+    """The dataset and subsets of a run spec on ``device``."""
+    train = spec["train"]
+    return datasets.load(
+        spec["dataset"],
+        data_dir,
+        device,
+        normalize=train["normalize"],
+        train_subset=train["train_subset"],
+        test_subset=train["test_subset"],
+    )
+
+
 def diagnostics_batch(data: datasets.Data, samples: int) -> torch.Tensor:
     """The fixed batch of test images the dynamics diagnostics run on."""
     return data.test_x[:samples]
@@ -82,19 +103,19 @@ def diagnostics_batch(data: datasets.Data, samples: int) -> torch.Tensor:
 class Run:
     """A resolved spec bound to its learner, optimiser, data and run directory."""
 
-    def __init__(self, spec: dict[str, Any], out: Path, data_dir: Path, device: torch.device):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        out: Path,
+        data_dir: Path,
+        device: torch.device,
+        data: datasets.Data | None = None,
+    ):
         self.spec, self.device = spec, device
         self.dir = RunDir(out, spec)
         train = spec["train"]
         self.learner = seeded_learner(spec, datasets.dataset_info(spec["dataset"]), device)
-        self.data = datasets.load(
-            spec["dataset"],
-            data_dir,
-            device,
-            normalize=train["normalize"],
-            train_subset=train["train_subset"],
-            test_subset=train["test_subset"],
-        )
+        self.data = data or load_data(spec, data_dir, device)
         self.optimizer = make_optimizer(spec["optim"], self.learner.parameter_groups())
         self.schedule = make_schedule(spec["optim"], self.optimizer, train["epochs"])
         self.shuffle = torch.Generator().manual_seed(spec["seed"] + 1)
@@ -103,9 +124,13 @@ class Run:
         self.wall = 0.0
         self.dynamics_before: dict[str, float] | None = None
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The net's state dict as tensors of their own (a pack member's are views)."""
+        return {k: v.detach().clone() for k, v in self.learner.net.state_dict().items()}
+
     def state(self) -> dict[str, Any]:
         return {
-            "model": self.learner.net.state_dict(),
+            "model": self.weights(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule else {},
             "shuffle": self.shuffle.get_state(),
@@ -136,37 +161,63 @@ class Run:
         x = diagnostics_batch(self.data, diag["samples"])
         return diagnose(self.learner.net, x, ep["T"], horizon, self.diag_rng)
 
+    def epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's minibatches in the run's own order."""
+        data = self.data
+        return datasets.batches(
+            data.train_x, data.train_y, self.spec["train"]["batch_size"], self.shuffle
+        )
+
+    def new_tally(self) -> list[torch.Tensor]:
+        """(loss sum, correct count) of an epoch, on the device."""
+        return [
+            torch.zeros((), dtype=torch.float64, device=self.device),
+            torch.zeros((), dtype=torch.long, device=self.device),
+        ]
+
+    def update(self, tally: list[torch.Tensor], loss, logits, yb) -> None:
+        """After ``train_step`` wrote the gradients: clip, step, count into ``tally``."""
+        clip = self.spec["optim"]["clip"]
+        if clip is not None:
+            params = [p for g in self.learner.parameter_groups() for p in g]
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        eager_step(self.optimizer)
+        tally[0] += loss.detach() * len(yb)
+        tally[1] += (logits.argmax(-1) == yb).sum()
+
+    def epoch_means(self, tally: list[torch.Tensor]) -> tuple[float, float]:
+        """(mean loss, running train accuracy %) of an epoch's tally."""
+        n = len(self.data.train_y)
+        return float(tally[0]) / n, 100.0 * int(tally[1]) / n
+
     def train_epoch(self, progress: tqdm) -> tuple[float, float]:
         """One pass over the training set; returns (mean loss, running train accuracy %)."""
-        train, clip = self.spec["train"], self.spec["optim"]["clip"]
-        params = [p for g in self.learner.parameter_groups() for p in g]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for xb, yb in datasets.batches(
-            self.data.train_x, self.data.train_y, train["batch_size"], self.shuffle
-        ):
+        tally = self.new_tally()
+        for xb, yb in self.epoch_batches():
             self.optimizer.zero_grad(set_to_none=True)
             loss, logits = self.learner.train_step(xb, yb)
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            eager_step(self.optimizer)
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.argmax(1) == yb).sum()
+            self.update(tally, loss, logits, yb)
             progress.update(1)
-        n = len(self.data.train_y)
-        return float(loss_sum) / n, 100.0 * int(correct) / n
+        return self.epoch_means(tally)
 
     def run_epoch(self, progress: tqdm) -> dict[str, float]:
-        """Train one epoch and append its record; a non-finite loss is recorded as NaN with
-        the accuracies of the state it left."""
+        """Train one epoch and append its record."""
         start = time.perf_counter()
         loss, train_acc = self.train_epoch(progress)
+        return self.close_epoch(loss, train_acc, start, partial(accuracy, self.learner))
+
+    def close_epoch(
+        self, loss: float, train_acc: float, start: float, accuracy_of: Callable
+    ) -> dict[str, float]:
+        """Schedule, evaluate (``accuracy_of(x, y)``) and append the record of an epoch begun
+        at ``start``; a non-finite loss is recorded as NaN with the accuracies of the state it
+        left."""
         finite = math.isfinite(loss)
         if finite and self.schedule:
             self.schedule.step()
         if self.spec["train"]["train_acc"] == "eval":
-            train_acc = accuracy(self.learner, self.data.train_x, self.data.train_y)
-        test_acc = accuracy(self.learner, self.data.test_x, self.data.test_y)
+            train_acc = accuracy_of(self.data.train_x, self.data.train_y)
+        test_acc = accuracy_of(self.data.test_x, self.data.test_y)
         seconds = time.perf_counter() - start
         self.wall += seconds
         record = {
@@ -191,27 +242,45 @@ class Run:
             disable=None,
         )
         with progress, nullcontext() if progress.disable else logging_redirect_tqdm():
-            while len(self.epochs) < train["epochs"]:
-                record = self.run_epoch(progress)
-                self.dir.record_epoch(self.epochs, self.wall)
-                if not math.isfinite(record["loss"]):
-                    log.warning(
-                        "%s: loss became non-finite in epoch %d; stopping (diverged)",
-                        self.dir.out,
-                        record["epoch"],
-                    )
-                    return
-                self.dir.save_checkpoint(self.state())
+            while not self.done():
+                self.keep(self.run_epoch(progress))
 
-    def execute(self) -> dict[str, Any]:
-        """Resume or start, train, write every output; metrics.json last."""
-        diag = self.spec["diagnostics"]
+    def done(self) -> bool:
+        """Whether every epoch is trained or the loss became non-finite (diverged)."""
+        epochs = self.epochs
+        return len(epochs) >= self.spec["train"]["epochs"] or (
+            bool(epochs) and not math.isfinite(epochs[-1]["loss"])
+        )
+
+    def keep(self, record: dict[str, float]) -> None:
+        """After an epoch: history and progress line; a checkpoint, or the divergence noted."""
+        self.dir.record_epoch(self.epochs, self.wall)
+        if math.isfinite(record["loss"]):
+            self.dir.save_checkpoint(self.state())
+        else:
+            log.warning(
+                "%s: loss became non-finite in epoch %d; stopping (diverged)",
+                self.dir.out,
+                record["epoch"],
+            )
+
+    def start(self) -> None:
+        """Resume from the checkpoint, or measure the dynamics before training."""
         state = self.dir.load_checkpoint()
         if state is not None:
             self.restore(state)
-        elif diag["dynamics"]:
+        elif self.spec["diagnostics"]["dynamics"]:
             self.dynamics_before = self.diagnose()
+
+    def execute(self) -> dict[str, Any]:
+        """Resume or start, train, write every output; metrics.json last."""
+        self.start()
         self.fit()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Dynamics, trajectory, model.pt and metrics.json (last) of the trained run."""
+        diag = self.spec["diagnostics"]
         metrics = self.dir.metrics(self.epochs, self.wall, self.device)
         if diag["dynamics"]:
             after = {} if metrics["diverged_epoch"] else self.diagnose()
@@ -220,7 +289,7 @@ class Run:
             )
         if diag["trajectory"]:
             self.write_trajectory()
-        self.dir.finish(metrics, self.learner.net.state_dict())
+        self.dir.finish(metrics, self.weights())
         return metrics
 
     def write_trajectory(self) -> None:
