@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,10 @@ import yaml
 
 from frernn import spec as run_spec
 from frernn.cli import main
+from frernn.methods.ep import LayeredEP
+from frernn.models.graph import LayerGraph
+from frernn.models.layered import LayeredFRERNN
+from frernn.models.layered_pack import LayeredPack
 from frernn.packed import pack_key
 
 TINY = {
@@ -173,3 +182,74 @@ def test_packed_members_equal_the_same_runs_alone(tmp_path: Path, fake_data_dir:
         assert sorted(p.name for p in (tmp_path / f"pack{k}").iterdir()) == sorted(
             p.name for p in (tmp_path / f"alone{k}").iterdir()
         )
+
+
+def run_pack_cli(manifest: Path, data_dir: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "frernn.cli", "train-pack", str(manifest)]
+    cmd += ["--data-dir", str(data_dir), "--device", "cpu", "--threads", "1"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_killed_pack_resumes_every_member_to_identical_metrics(
+    tmp_path: Path, fmnist_dir: Path
+) -> None:
+    """SIGKILL once a member checkpointed, rerun: each member as in an uninterrupted pack."""
+    train = {"epochs": 4, "batch_size": 100, "train_subset": 2000, "test_subset": 500}
+    specs = [
+        write_spec(tmp_path / f"s{k}.yaml", dataset="fashion_mnist", seed=k, train=train)
+        for k in range(3)
+    ]
+    manifests = {
+        name: write_manifest(
+            tmp_path / f"{name}.json", [(s, tmp_path / name / f"m{k}") for k, s in enumerate(specs)]
+        )
+        for name in ("whole", "killed")
+    }
+    assert main(["train-pack", str(manifests["whole"]), "--data-dir", str(fmnist_dir)]) == 0
+    killed = run_pack_cli(manifests["killed"], fmnist_dir)
+    checkpoints = [tmp_path / "killed" / f"m{k}" / "checkpoint.pt" for k in range(3)]
+    deadline = time.monotonic() + 120
+    while not any(c.exists() for c in checkpoints) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert any(c.exists() for c in checkpoints), "no checkpoint appeared"
+    assert not any((tmp_path / "killed" / f"m{k}" / "metrics.json").exists() for k in range(3))
+    resumed = run_pack_cli(manifests["killed"], fmnist_dir)
+    _, err = resumed.communicate()
+    assert resumed.returncode == 0, err.decode()[-2000:]
+    assert b"resuming" in err
+    for k in range(3):
+        whole, again = tmp_path / "whole" / f"m{k}", tmp_path / "killed" / f"m{k}"
+        assert without_timings(metrics_of(again)) == without_timings(metrics_of(whole))
+        assert not checkpoints[k].exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_graph_plumbing_stand_in_runs_packs() -> None:
+    """The CUDA-graph buffer plumbing (rerun stand-in on CPU) gives a pack the eager weights."""
+    results = []
+    for graphed in (False, True):
+        nets = [
+            LayeredFRERNN(20, 10, LayerGraph.chain(3), 8, "symmetric", 1.0, 0.1, gen(s))
+            for s in range(3)
+        ]
+        learner = LayeredEP(LayeredPack(nets, sample_dims=1), 8, 4, 0.2, "fixed")
+        if graphed:
+            learner.graph_calls(capture=False)
+        optimizers = [torch.optim.Adam(net.parameters(), 1e-2) for net in nets]
+        for step in range(3):
+            x = torch.rand(3, 16, 20, generator=gen(10 + step))
+            y = torch.randint(0, 10, (3, 16), generator=gen(20 + step))
+            learner.train_step(x, y)
+            for opt in optimizers:
+                opt.step()
+        results.append(torch.cat([p.detach().flatten() for n in nets for p in n.parameters()]))
+        results.append(learner.predict(torch.rand(5, 20, generator=gen(99))).flatten())
+    assert torch.equal(results[0], results[2]) and torch.equal(results[1], results[3])
+    assert not torch.equal(results[0][:10], results[0][-10:])
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

@@ -118,13 +118,7 @@ class PackedTraining:
         learner = self.learner(active)
         tallies = [run.new_tally() for run in active]
         for batch in zip(*(run.epoch_batches() for run in active), strict=True):
-            xs = torch.stack([xb for xb, _ in batch])
-            ys = torch.stack([yb for _, yb in batch])
-            for run in active:
-                run.optimizer.zero_grad(set_to_none=True)
-            losses, logits = learner.train_step(xs, ys)
-            for k, run in enumerate(active):
-                run.update(tallies[k], losses[k], logits[k], ys[k])
+            step(learner, active, batch, tallies)
         evaluated: dict[int, list[float]] = {}
 
         def accuracy_of(k: int):
@@ -138,6 +132,23 @@ class PackedTraining:
         for k, (run, tally) in enumerate(zip(active, tallies, strict=True)):
             loss, train_acc = run.epoch_means(tally)
             run.keep(run.close_epoch(loss, train_acc, start, accuracy_of(k)))
+
+
+def step(
+    learner: Learner,
+    active: list[Run],
+    batch: tuple[tuple[torch.Tensor, torch.Tensor], ...],
+    tallies: list[list[torch.Tensor]],
+) -> None:
+    """One training step of a pack: each member's batch, one batched ``train_step``, then each
+    member's own clipping, optimiser step and tally."""
+    xs = torch.stack([xb for xb, _ in batch])
+    ys = torch.stack([yb for _, yb in batch])
+    for run in active:
+        run.optimizer.zero_grad(set_to_none=True)
+    losses, logits = learner.train_step(xs, ys)
+    for k, run in enumerate(active):
+        run.update(tallies[k], losses[k], logits[k], ys[k])
 
 
 def packable(runs: list[Run]) -> bool:
