@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -253,3 +254,18 @@ def test_graph_plumbing_stand_in_runs_packs() -> None:
 
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_device_agreement_check_passes_cpu_against_cpu(fake_data_dir: Path, capsys) -> None:
+    """The CPU-vs-CUDA agreement script of gpu_check.sh, run as CPU vs CPU: zero difference."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "agreement.py"
+    module_spec = importlib.util.spec_from_file_location("agreement", path)
+    agreement = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(agreement)
+    args = ["--devices", "cpu", "cpu", "--epochs", "1", "--data-dir", str(fake_data_dir)]
+    args += ["--set", "dataset=mnist", "--set", "model.width=16", "--set", "ep.T=6"]
+    args += ["--set", "train.train_subset=200", "--set", "train.test_subset=100"]
+    assert agreement.main(args) == 0
+    out = capsys.readouterr().out
+    assert "diff 0.00" in out and "relative diff 0.0e+00" in out and "PASS" in out
