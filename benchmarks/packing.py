@@ -139,7 +139,7 @@ def table(rows: list[dict], paper_h: float) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--runs", type=int, nargs="+", default=[1, 5, 35])
@@ -150,7 +150,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's)")
     parser.add_argument("--data-dir", type=Path, default=datasets.default_data_dir())
     parser.add_argument("--synthetic", action="store_true", help="random images")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -127,6 +127,7 @@ def float64(monkeypatch: pytest.MonkeyPatch):
 
 CASES = {
     "chain-ep-fixed": {"ep": {"nudge_rule": "fixed"}},
+    "one-layer-ep-recompute": {"model": {"depth": 1}, "ep": {"nudge_rule": "recompute"}},
     "residual-ep-accumulate": {
         "model": {"depth": 4, "topology": "residual"},
         "ep": {"nudge_rule": "accumulate"},
@@ -259,13 +260,46 @@ def gen(seed: int) -> torch.Generator:
 @pytest.mark.usefixtures("one_thread")
 def test_device_agreement_check_passes_cpu_against_cpu(fake_data_dir: Path, capsys) -> None:
     """The CPU-vs-CUDA agreement script of gpu_check.sh, run as CPU vs CPU: zero difference."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "agreement.py"
-    module_spec = importlib.util.spec_from_file_location("agreement", path)
-    agreement = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(agreement)
     args = ["--devices", "cpu", "cpu", "--epochs", "1", "--data-dir", str(fake_data_dir)]
     args += ["--set", "dataset=mnist", "--set", "model.width=16", "--set", "ep.T=6"]
     args += ["--set", "train.train_subset=200", "--set", "train.test_subset=100"]
-    assert agreement.main(args) == 0
+    assert load_benchmark("agreement").main(args) == 0
     out = capsys.readouterr().out
     assert "diff 0.00" in out and "relative diff 0.0e+00" in out and "PASS" in out
+
+
+def load_benchmark(name: str):
+    """A script of benchmarks/ as a module."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_gpu_check_pack_runs_step_on_cpu(tmp_path: Path, fake_data_dir: Path, capsys) -> None:
+    """gpu_check.sh step 3 (runs alone and packed), at a tiny size on the CPU."""
+    args = ["--device", "cpu", "--runs", "1", "3", "--epochs", "1", "--out", str(tmp_path)]
+    args += ["--data-dir", str(fake_data_dir), "--set", "dataset=mnist"]
+    args += ["--set", "model.width=16", "--set", "ep.T=6", "--set", "train.train_subset=200"]
+    assert load_benchmark("pack_runs").main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("1 run(s) x 1 epochs on cpu") and lines[1].startswith("3 run(s)")
+    assert len(list(tmp_path.glob("R3/run*/metrics.json"))) == 3
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_packing_benchmark_table_on_cpu(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """benchmarks/packing.py at its smallest: one row per (R, mode), R = 1 the reference."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    args = ["--synthetic", "--runs", "1", "2", "--batches", "1", "--repeats", "1", "--depth", "1"]
+    assert load_benchmark("packing").main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[:2] for row in rows[1:]] == [
+        ["| 1", "eager"],
+        ["| 1", "graphs"],
+        ["| 2", "eager"],
+        ["| 2", "graphs"],
+    ]
+    assert rows[1].split(" | ")[6] == "1.00x"

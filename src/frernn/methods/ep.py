@@ -198,5 +198,7 @@ class LayeredEP:
         if net.forward_edges:
             src, dst = self._edges_on(free.device)
             edges = torch.matmul(free[src].mT, diff[dst]) / m
-            grads += [edges] if net.stacked_edges else list(edges)
+        else:
+            edges = free.new_zeros(0, *free.shape[1:-2], free.shape[-1], free.shape[-1])
+        grads += [edges] if net.stacked_edges else list(edges)
         return [*grads, free[-1].mT @ readout_error / m]
