@@ -1,0 +1,183 @@
+"""Throughput of packed training: R runs of one shape trained as one batched pack.
+
+    python benchmarks/packing.py [--device cpu|cuda] [--runs 1 5 35] [--depth 2]
+                                 [--batches B] [--threads N] [--synthetic]
+
+Per pack size R and mode (eager; CUDA graphs, which on CPU is their rerun stand-in): one
+training step of all members (batched EP step plus each member's own Adam step) and one
+evaluation batch are timed (fastest of a few repeats, after a warm-up), extrapolated to one
+epoch of 60k training and 10k test samples, and printed as runs x epochs per second with the
+speed-up per run over R = 1, the peak memory of a step plus an evaluation batch, and the whole
+paper's time (720 runs, cost model of ``frernn.experiments``) if every run trained at that
+per-run speed-up. R = 1 is the unpacked path ``frernn train`` takes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from engine import peak_memory, sync, synthetic
+
+from frernn import data as datasets
+from frernn import spec as run_spec
+from frernn.experiments import build_plan, cpu_seconds, gpu_seconds
+from frernn.packed import PackedTraining, step
+from frernn.train import EVAL_BATCH, Run
+
+TRAIN_SAMPLES, TEST_SAMPLES = 60_000, 10_000
+REPO = Path(__file__).resolve().parents[1]
+
+
+def base_spec(depth: int) -> dict:
+    """The paper's layered run of this depth on Fashion-MNIST (T = 10 L, K = 5 L)."""
+    return run_spec.resolve(
+        {
+            "dataset": "fashion_mnist",
+            "model": {"depth": depth},
+            "ep": {"T": 10 * depth, "K": 5 * depth, "beta": 0.1},
+            "train": {"epochs": 50},
+        }
+    )
+
+
+def members(spec: dict, runs: int, data: datasets.Data, device: torch.device, out: Path):
+    """``runs`` Runs of ``spec`` with seeds 0.., each initialised as when trained alone."""
+    return [
+        Run({**spec, "seed": seed}, out / f"seed{seed}", out, device, data=data)
+        for seed in range(runs)
+    ]
+
+
+def paper_hours(device: torch.device) -> float:
+    """The cost model's whole-paper time (every run of the default target, unpacked), hours."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    plan = build_plan({**config, "scale": "paper"})
+    estimate = gpu_seconds if device.type == "cuda" else cpu_seconds
+    specs = [{**plan.run(rid).spec, "seed": s} for rid in plan.run_ids("runs") for s in plan.seeds]
+    return sum(estimate(run_spec.resolve(s)) for s in specs) / 3600
+
+
+def best_time(fn, device: torch.device, repeats: int) -> float:
+    """Fastest of ``repeats`` timings of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure(spec, runs, mode, data, device, args, out: Path) -> dict:
+    """Step and evaluation seconds of a pack of ``runs`` in ``mode`` (eager | graphs)."""
+    active = members(spec, runs, data, device, out)
+    learner = PackedTraining(active).learner(active) if runs > 1 else active[0].learner
+    if mode == "eager":
+        learner.cuda_graphs = False
+    elif device.type == "cpu":
+        learner.graph_calls(capture=False)
+    batch_size = spec["train"]["batch_size"]
+    orders = [list(run.epoch_batches())[: args.batches] for run in active]
+    tallies = [run.new_tally() for run in active]
+
+    def train() -> None:
+        for batch in zip(*orders, strict=True):
+            if runs == 1:
+                (xb, yb), run = batch[0], active[0]
+                run.optimizer.zero_grad(set_to_none=True)
+                loss, logits = learner.train_step(xb, yb)
+                run.update(tallies[0], loss, logits, yb)
+            else:
+                step(learner, active, batch, tallies)
+
+    test = data.test_x[:EVAL_BATCH]
+
+    def evaluate() -> None:
+        with torch.no_grad():
+            learner.predict(test).argmax(-1)
+
+    step_s = best_time(train, device, args.repeats) / args.batches
+    eval_s = best_time(evaluate, device, args.repeats)
+    peak = peak_memory(lambda: (train(), evaluate()), device) / 2**20
+    epoch = TRAIN_SAMPLES / batch_size * step_s + TEST_SAMPLES / EVAL_BATCH * eval_s
+    return {
+        "runs": runs,
+        "mode": mode,
+        "step": step_s,
+        "eval": eval_s,
+        "epoch": epoch,
+        "peak": peak,
+    }
+
+
+def table(rows: list[dict], paper_h: float) -> str:
+    """The results as a markdown table."""
+    lines = [
+        "| R | mode | step ms | eval ms | pack s/epoch | runs x epochs/s | per-run speed-up "
+        "| peak MiB | paper h (projected) |",
+        "|" + "---|" * 9,
+    ]
+    single = {r["mode"]: r for r in rows if r["runs"] == 1}
+    for r in rows:
+        rate = r["runs"] / r["epoch"]
+        base = single.get(r["mode"]) or next(iter(single.values()), r)
+        speedup = rate / (base["runs"] / base["epoch"])
+        lines.append(
+            f"| {r['runs']} | {r['mode']} | {1e3 * r['step']:.1f} | {1e3 * r['eval']:.1f} | "
+            f"{r['epoch']:.1f} | {rate:.3f} | {speedup:.2f}x | {r['peak']:.0f} | "
+            f"{paper_h / speedup:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--runs", type=int, nargs="+", default=[1, 5, 35])
+    parser.add_argument("--modes", nargs="+", default=["eager", "graphs"])
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=2, help="timed training batches")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's)")
+    parser.add_argument("--data-dir", type=Path, default=datasets.default_data_dir())
+    parser.add_argument("--synthetic", action="store_true", help="random images")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    spec = base_spec(args.depth)
+    data = (
+        synthetic(device)
+        if args.synthetic
+        else datasets.load("fashion_mnist", args.data_dir, device)
+    )
+    paper_h = paper_hours(device)
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+        f"load {os.getloadavg()[0]:.1f}; depth {args.depth}, T {spec['ep']['T']}, "
+        f"K {spec['ep']['K']}, batch {spec['train']['batch_size']}; {args.batches} timed "
+        f"batches, best of {args.repeats}; cost-model paper time unpacked {paper_h:.1f} h",
+        flush=True,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for runs in args.runs:
+            for mode in args.modes:
+                rows.append(measure(spec, runs, mode, data, device, args, Path(tmp)))
+                print(f"R={runs} {mode}: {rows[-1]['epoch']:.2f} s/epoch", flush=True)
+    print(f"\nload at end {os.getloadavg()[0]:.1f}\n")
+    print(table(rows, paper_h))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
