@@ -404,7 +404,8 @@ def _pack_id(run_ids: list[str], mode: str) -> str:
 
 
 def _flops_per_sample(spec: dict[str, Any]) -> float:
-    """Multiply-adds x 2 of one training sample of one epoch (relaxation steps included)."""
+    """Floating-point operations of one training sample (every relaxation step, both directions
+    of every edge; BP and FA: forward and backward as three forward passes)."""
     pixels = _sizes(spec)[2]
     model, ep = spec["model"], spec["ep"]
     if model["kind"] == "conv":  # 1 channel: 5x5 unpadded convs; 3 channels: 3x3 padded
