@@ -2,6 +2,7 @@
 manifest, runs ``frernn train-pack`` with its output in the pack's log, and gives each member's
 train.log the pack log's name and the lines about that member."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ with pack_log.open("w") as log:
 
 lines = pack_log.read_text().splitlines()
 for member, member_log in zip(runs, member_logs, strict=True):
-    own = [line for line in lines if member["out"] in line]
+    mentions = re.compile(re.escape(member["out"]) + r"(?![\w.-])")  # seed1, not seed10
+    own = [line for line in lines if mentions.search(line)]
     atomic_write_text(
         member_log, "\n".join([f"trained in the pack logged in {pack_log}", *own]) + "\n"
     )
