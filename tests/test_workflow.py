@@ -106,8 +106,9 @@ def test_config_mistakes_stop_before_any_job(tmp_path, config, message):
     assert "Job stats" not in proc.stdout + proc.stderr and not (cwd / "results").exists()
 
 
-def test_lint_is_clean(dry_dir):
-    proc = snakemake(dry_dir, "--lint", "--config", "device=cpu")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])  # cuda: pack=auto is shape, 45 pack rules
+def test_lint_is_clean(dry_dir, device):
+    proc = snakemake(dry_dir, "--lint", "--config", f"device={device}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations" in proc.stdout + proc.stderr
 
