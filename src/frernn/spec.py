@@ -73,9 +73,9 @@ def parse_override(assignment: str) -> dict[str, Any]:
     return nested
 
 
-def format_error(error: jsonschema.ValidationError) -> str:
-    """One line naming the offending key of a schema violation."""
-    where = ".".join(str(p) for p in error.absolute_path) or "spec"
+def format_error(error: jsonschema.ValidationError, root: str = "spec") -> str:
+    """One line naming the offending key of a schema violation (``root`` names the top)."""
+    where = ".".join(str(p) for p in error.absolute_path) or root
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         prefix = f"{where}." if error.absolute_path else ""

@@ -1,9 +1,12 @@
 # One job per (configuration, seed); the run spec comes from the expanded config (PLAN).
+# Only the resolved spec is a param (Snakemake reruns a job when a param changes); device,
+# data directory and threads reach the job through the environment and `threads`, and the
+# dataset marker is ancient(): changing where or how a run trains never retrains it.
 
 
 rule train:
     input:
-        lambda wc: f"results/data/{PLAN.run(wc.run_id).spec['dataset']}.ready",
+        lambda wc: ancient(f"results/data/{PLAN.run(wc.run_id).spec['dataset']}.ready"),
     output:
         "results/runs/{block}/{run_id}/seed{seed}/metrics.json",
     log:
@@ -24,10 +27,8 @@ rule train:
     params:
         spec=lambda wc: PLAN.spec_text(wc.run_id, int(wc.seed)),
         run_dir=lambda wc, output: subpath(output[0], parent=True),
-        data_dir=DATA_DIR,
-        device=DEVICE,
     shell:
         "printf '%s' {params.spec:q} > {params.run_dir}/spec.yaml && "
         "frernn train {params.run_dir}/spec.yaml --out {params.run_dir}"
-        " --data-dir {params.data_dir:q} --device {params.device} --threads {threads}"
+        ' --data-dir "$FRERNN_DATA_DIR" --device "$FRERNN_DEVICE" --threads {threads}'
         " > {log} 2>&1"
