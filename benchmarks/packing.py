@@ -9,7 +9,9 @@ evaluation batch are timed (fastest of a few repeats, after a warm-up), extrapol
 epoch of 60k training and 10k test samples, and printed as runs x epochs per second with the
 speed-up per run over R = 1, the peak memory of a step plus an evaluation batch, and the whole
 paper's time (720 runs, cost model of ``frernn.experiments``) if every run trained at that
-per-run speed-up. R = 1 is the unpacked path ``frernn train`` takes.
+per-run speed-up. R = 1 is the unpacked path ``frernn train`` takes. For AGT nets the pack
+runs on the union of its members' edges: the table gives that union's size over a member's
+own edge count (the extra matmul work).
 """
 
 from __future__ import annotations
@@ -35,13 +37,24 @@ TRAIN_SAMPLES, TEST_SAMPLES = 60_000, 10_000
 REPO = Path(__file__).resolve().parents[1]
 
 
-def base_spec(depth: int) -> dict:
-    """The paper's layered run of this depth on Fashion-MNIST (T = 10 L, K = 5 L)."""
+def base_spec(depth: int, topology: str) -> dict:
+    """The paper's layered run of this depth on Fashion-MNIST (T = 10 L, K = 5 L); AGT nets
+    with asymmetric feedback and the accumulate rule, so each seed draws its own edges."""
+    agt = topology == "agt"
     return run_spec.resolve(
         {
             "dataset": "fashion_mnist",
-            "model": {"depth": depth},
-            "ep": {"T": 10 * depth, "K": 5 * depth, "beta": 0.1},
+            "model": {
+                "depth": depth,
+                "topology": topology,
+                "feedback": "asymmetric" if agt else "symmetric",
+            },
+            "ep": {
+                "T": 10 * depth,
+                "K": 5 * depth,
+                "beta": 0.1,
+                "nudge_rule": "accumulate" if agt else "fixed",
+            },
             "train": {"epochs": 50},
         }
     )
@@ -81,6 +94,8 @@ def measure(spec, runs, mode, data, device, args, out: Path) -> dict:
     """Step and evaluation seconds of a pack of ``runs`` in ``mode`` (eager | graphs)."""
     active = members(spec, runs, data, device, out)
     learner = PackedTraining(active).learner(active) if runs > 1 else active[0].learner
+    own = sum(len(run.learner.net.graph.edges) for run in active) / runs
+    edges = len(learner.net.forward_edges) + len(learner.net.feedback_edges)
     if mode == "eager":
         learner.cuda_graphs = False
     elif device.type == "cpu":
@@ -116,6 +131,7 @@ def measure(spec, runs, mode, data, device, args, out: Path) -> dict:
         "eval": eval_s,
         "epoch": epoch,
         "peak": peak,
+        "edges": edges / own,
     }
 
 
@@ -123,8 +139,8 @@ def table(rows: list[dict], paper_h: float) -> str:
     """The results as a markdown table."""
     lines = [
         "| R | mode | step ms | eval ms | pack s/epoch | runs x epochs/s | per-run speed-up "
-        "| peak MiB | paper h (projected) |",
-        "|" + "---|" * 9,
+        "| peak MiB | edges / run's own | paper h (projected) |",
+        "|" + "---|" * 10,
     ]
     single = {r["mode"]: r for r in rows if r["runs"] == 1}
     for r in rows:
@@ -134,7 +150,7 @@ def table(rows: list[dict], paper_h: float) -> str:
         lines.append(
             f"| {r['runs']} | {r['mode']} | {1e3 * r['step']:.1f} | {1e3 * r['eval']:.1f} | "
             f"{r['epoch']:.1f} | {rate:.3f} | {speedup:.2f}x | {r['peak']:.0f} | "
-            f"{paper_h / speedup:.1f} |"
+            f"{r['edges']:.2f} | {paper_h / speedup:.1f} |"
         )
     return "\n".join(lines)
 
@@ -145,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, nargs="+", default=[1, 5, 35])
     parser.add_argument("--modes", nargs="+", default=["eager", "graphs"])
     parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--topology", default="chain", choices=("chain", "residual", "agt"))
     parser.add_argument("--batches", type=int, default=2, help="timed training batches")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's)")
@@ -154,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    spec = base_spec(args.depth)
+    spec = base_spec(args.depth, args.topology)
     data = (
         synthetic(device)
         if args.synthetic
@@ -163,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     paper_h = paper_hours(device)
     print(
         f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"load {os.getloadavg()[0]:.1f}; depth {args.depth}, T {spec['ep']['T']}, "
+        f"load {os.getloadavg()[0]:.1f}; {args.topology} depth {args.depth}, T {spec['ep']['T']}, "
         f"K {spec['ep']['K']}, batch {spec['train']['batch_size']}; {args.batches} timed "
         f"batches, best of {args.repeats}; cost-model paper time unpacked {paper_h:.1f} h",
         flush=True,
