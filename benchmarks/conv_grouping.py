@@ -56,7 +56,7 @@ def compare(runs: int, device: torch.device, steps: int = 20) -> tuple[float, fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--runs", type=int, nargs="+", default=[5, 35])
+    parser.add_argument("--runs", type=int, nargs="+", default=[5])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     if args.threads:
