@@ -96,7 +96,8 @@ class Setup:
         active = members(spec, runs, data, device, out)
         learner = PackedTraining(active).learner(active) if runs > 1 else active[0].learner
         own = sum(len(run.learner.net.graph.edges) for run in active) / runs
-        self.edges = (len(learner.net.forward_edges) + len(learner.net.feedback_edges)) / own
+        union = len(learner.net.forward_edges) + len(learner.net.feedback_edges)
+        self.edges = union / own if own else 1.0
         if mode == "eager":
             learner.cuda_graphs = False
         elif device.type == "cpu":
