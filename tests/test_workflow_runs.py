@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SMOKE_CONFIG, run_snakemake, workflow_copy
+from conftest import REPO, SMOKE_CONFIG, run_snakemake, workflow_copy
 
 from frernn import experiments
 from frernn.cli import main
+from frernn.errors import FrernnError
 from frernn.spec import deep_merge
 
 TWO_EPOCHS = {"scales": {"smoke": {"spec": {"train": {"epochs": 2}}}}}
@@ -124,3 +125,26 @@ def test_unknown_config_key_is_one_line(one_job):
         proc.stderr.strip().splitlines()[-1] == "frernn: error: invalid config: unknown key sedes"
     )
     assert "Failed validating" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"label": "x", "spec": {"method": "fa"}}, "method fa needs model.feedback: asymmetric"),
+        (
+            {"label": "x", "spec": {"model": {"kind": "conv"}, "ep": {"nudge_rule": "fixed"}}},
+            "ep.nudge_rule: the conv net uses recompute",
+        ),
+    ],
+)
+def test_spec_combination_mistakes_stop_the_workflow_at_start_up(row, message):
+    """What the Snakefile runs before any job: one line naming the block, row and key."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config["experiments"]["table1"]["rows"].append(row)
+    with pytest.raises(FrernnError) as error:
+        experiments.build_plan(config)
+    line = experiments.config_error(error.value)
+    assert (
+        line.startswith("config experiments.table1 row 'x': invalid run spec:") and message in line
+    )
+    assert "\n" not in line
