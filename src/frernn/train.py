@@ -74,6 +74,19 @@ def seeded_learner(spec: dict[str, Any], info: datasets.DatasetInfo, device: tor
     return learner
 
 
+def load_data(spec: dict[str, Any], data_dir: Path, device: torch.device) -> datasets.Data:
+    """The run's dataset and subsets on ``device``."""
+    train = spec["train"]
+    return datasets.load(
+        spec["dataset"],
+        data_dir,
+        device,
+        normalize=train["normalize"],
+        train_subset=train["train_subset"],
+        test_subset=train["test_subset"],
+    )
+
+
 def diagnostics_batch(data: datasets.Data, samples: int) -> torch.Tensor:
     """The fixed batch of test images the dynamics diagnostics run on."""
     return data.test_x[:samples]
@@ -87,14 +100,7 @@ class Run:
         self.dir = RunDir(out, spec)
         train = spec["train"]
         self.learner = seeded_learner(spec, datasets.dataset_info(spec["dataset"]), device)
-        self.data = datasets.load(
-            spec["dataset"],
-            data_dir,
-            device,
-            normalize=train["normalize"],
-            train_subset=train["train_subset"],
-            test_subset=train["test_subset"],
-        )
+        self.data = load_data(spec, data_dir, device)
         self.optimizer = make_optimizer(spec["optim"], self.learner.parameter_groups())
         self.schedule = make_schedule(spec["optim"], self.optimizer, train["epochs"])
         self.shuffle = torch.Generator().manual_seed(spec["seed"] + 1)
