@@ -23,7 +23,7 @@ from frernn.errors import FrernnError
 from frernn.gpu import job_device
 from frernn.io import atomic_write, atomic_write_json
 from frernn.methods import Learner, build_learner
-from frernn.rundir import RunDir
+from frernn.rundir import RunDir, epoch_record
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +175,7 @@ class Run:
         test_acc = accuracy(self.learner, self.data.test_x, self.data.test_y)
         seconds = time.perf_counter() - start
         self.wall += seconds
-        record = {
-            "epoch": len(self.epochs) + 1,
-            "loss": loss if finite else float("nan"),
-            "train_acc": train_acc,
-            "test_acc": test_acc,
-            "seconds": seconds,
-        }
+        record = epoch_record(len(self.epochs) + 1, loss, train_acc, test_acc, seconds)
         self.epochs.append(record)
         return record
 
