@@ -148,3 +148,12 @@ def test_spec_combination_mistakes_stop_the_workflow_at_start_up(row, message):
         line.startswith("config experiments.table1 row 'x': invalid run spec:") and message in line
     )
     assert "\n" not in line
+
+
+def test_seed_cut_is_stated():
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    quick = experiments.build_plan({**config, "scale": "quick", "seeds": [3, 4, 5, 6]})
+    assert quick.seeds == [3, 4, 5]
+    assert quick.notes == ["scale quick trains seeds [3, 4, 5], the first 3 of seeds "
+                           "[3, 4, 5, 6] (scales.quick.seeds: 3)"]  # fmt: skip
+    assert experiments.build_plan({**config, "scale": "paper"}).notes == []

@@ -250,7 +250,10 @@ def train(spec: dict[str, Any], out: Path, data_dir: Path, device: str = "auto")
 def _command(args: argparse.Namespace) -> int:
     if args.spec is None and not args.print_spec:
         raise FrernnError("frernn train needs a SPEC file (or --print-spec to see the defaults)")
-    spec = run_spec.load(args.spec, args.set) if args.spec else run_spec.resolve({}, args.set)
+    if args.spec:
+        spec = run_spec.load(args.spec, args.set)
+    else:
+        spec = run_spec.refuse_ignored_keys(run_spec.resolve({}, args.set))
     if args.print_spec:
         print(yaml.safe_dump(spec, sort_keys=False), end="")
         return 0
