@@ -1,7 +1,6 @@
 # Reproduces the tables and figures of "Toward Practical Equilibrium Propagation" (SPEC.md).
 # The experiments are data (config.yaml); grid expansion and run ids live in frernn.experiments.
 import json
-import os
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -25,7 +24,7 @@ for note in PLAN.notes:
     print(f"frernn: {note}", file=sys.stderr)
 DEVICE = experiments.resolve_device(config["device"])
 DATA_DIR = config["data_dir"]
-os.environ["FRERNN_DEVICE"], os.environ["FRERNN_DATA_DIR"] = DEVICE, DATA_DIR
+experiments.export_job_environment(DEVICE, DATA_DIR)
 
 
 include: "workflow/rules/data.smk"

@@ -499,3 +499,37 @@ def test_train_defaults_one_thread_and_auto_device():
 
     args = build_parser("train").parse_args(["train", "spec.yaml", "--out", "run"])
     assert args.threads == 1 and args.device == "auto"
+
+
+@pytest.mark.parametrize(
+    "optim",
+    [
+        {"name": "adam", "lr": 1e-2, "weight_decay": 0.0, "schedule": "none"},
+        {"name": "adamw", "lr": 1e-2, "weight_decay": 1e-3, "schedule": "cosine"},
+        {"name": "sgd", "lr": [0.1, 0.05], "weight_decay": 1e-4, "schedule": "cosine"},
+    ],
+)
+def test_eager_step_equals_optimizer_step(optim, recwarn):
+    """frernn's step beneath torch's dynamo wrapper updates exactly as ``optimizer.step()``
+    (and the LR schedule sees it: no 'scheduler before optimizer' warning)."""
+    import torch
+
+    from frernn.eager import eager_step
+    from frernn.train import make_optimizer, make_schedule
+
+    def trained(step) -> list[torch.Tensor]:
+        gen = torch.Generator().manual_seed(0)
+        groups = [[torch.nn.Parameter(torch.randn(3, 4, generator=gen))] for _ in range(2)]
+        opt = make_optimizer({**optim, "clip": None}, groups)
+        schedule = make_schedule(optim, opt, epochs=3)
+        for _ in range(3):
+            for (p,) in groups:
+                p.grad = torch.randn(p.shape, generator=gen)
+            step(opt)
+            if schedule:
+                schedule.step()
+        return [p.detach().clone() for (p,) in groups]
+
+    for eager, plain in zip(trained(eager_step), trained(lambda o: o.step()), strict=True):
+        assert torch.equal(eager, plain)
+    assert not [w for w in recwarn if "lr_scheduler.step()" in str(w.message)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -345,6 +346,13 @@ def cpu_seconds(spec: dict[str, Any]) -> float:
     else:
         work = 3 * n_train + n_test
     return spec["train"]["epochs"] * unit * work
+
+
+def export_job_environment(device: str, data_dir: str) -> None:
+    """Hand device and data directory to the training jobs through their environment, not
+    as rule params: Snakemake reruns a job whose params change, and these do not change
+    what a run computes."""
+    os.environ.update(FRERNN_DEVICE=device, FRERNN_DATA_DIR=str(data_dir))
 
 
 def resolve_device(device: str) -> str:

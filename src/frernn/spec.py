@@ -185,7 +185,11 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
         raise FrernnError(f"spec file {path} is not valid YAML: {first_line}") from None
     if raw is None:
         raise FrernnError(f"spec file {path} is empty (write {{}} for the all-default spec)")
-    spec = resolve(raw, overrides)
+    return refuse_ignored_keys(resolve(raw, overrides))
+
+
+def refuse_ignored_keys(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` unchanged, or a one-line error naming a model key its kind of net ignores."""
     unused = ignored_keys(spec)
     if unused:
         kind = spec["model"]["kind"]

@@ -4,6 +4,7 @@ run directories (safe while the workflow runs; no torch)."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -95,11 +96,12 @@ def seconds_left(plan: experiments.Plan, states: list[RunState], device: str) ->
 def load_config(path: Path, overrides: list[str]) -> dict[str, Any]:
     """The workflow config (JSON or YAML) with ``key=value`` overrides, as ``--config`` gives
     them to Snakemake."""
+    parse = json.loads if path.suffix == ".json" else yaml.safe_load  # YAML reads 1e-06 as text
     try:
-        config = yaml.safe_load(path.read_text())
+        config = parse(path.read_text())
     except FileNotFoundError:
         raise FrernnError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
         raise FrernnError(f"{path}: not valid YAML/JSON ({str(exc).splitlines()[0]})") from None
     if not isinstance(config, dict):
         raise FrernnError(f"{path}: the workflow config must be a mapping")
