@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
+[[ "$PY" == */* ]] && PY=$(realpath "$PY") # step 5 runs in another directory
 DATA_DIR=$(realpath -m "${FRERNN_DATA_DIR:-data}")
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
 WORK=$(mktemp -d)

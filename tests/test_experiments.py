@@ -137,7 +137,10 @@ def test_canonical_run_ids_ignore_unused_keys():
     )
     bp = [resolve({"method": "bp", "ep": {"beta": b}}) for b in (0.1, 4)]
     assert len({run_id(experiments.canonical(s)) for s in bp}) == 1
-    conv = [resolve({"model": {"kind": "conv", "width": w}}) for w in (64, 512)]
+    conv = [
+        resolve({"model": {"kind": "conv", "width": w}, "ep": {"nudge_rule": "recompute"}})
+        for w in (64, 512)
+    ]
     assert len({run_id(experiments.canonical(s)) for s in conv}) == 1
 
 

@@ -302,4 +302,4 @@ def test_packing_benchmark_table_on_cpu(monkeypatch: pytest.MonkeyPatch, capsys)
         ["| 2", "eager"],
         ["| 2", "graphs"],
     ]
-    assert rows[1].split(" | ")[6] == "1.00x"
+    assert rows[1].split(" | ")[6] == "1.00x" and rows[3].split(" | ")[8] == "1.00"

@@ -66,7 +66,7 @@ COMMANDS = {
         "Count the runs of a target (a table or figure block of config.yaml, 'runs' for "
         "all) as finished, running (with its last epoch), failed (with its log tail) or not "
         "started, and estimate the time left. Safe while the workflow runs.",
-        "frernn status table2 --config-set scale=quick",
+        "frernn status table2 --set scale=quick --set dataset_substitute=fashion_mnist",
     ),
     "data": Command(
         "frernn.data",

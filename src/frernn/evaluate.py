@@ -13,7 +13,7 @@ from frernn import data as datasets
 from frernn.errors import FrernnError
 from frernn.gpu import job_device
 from frernn.rundir import METRICS_FILE, load_model
-from frernn.train import accuracy, seeded_learner
+from frernn.train import accuracy, load_data, seeded_learner
 
 
 def evaluate(run_dir: Path, data_dir: Path, device: str = "cpu") -> float:
@@ -28,15 +28,7 @@ def evaluate(run_dir: Path, data_dir: Path, device: str = "cpu") -> float:
         except RuntimeError as exc:
             first = str(exc).splitlines()[0]
             raise FrernnError(f"{run_dir}: model.pt does not fit its spec ({first})") from exc
-        train = spec["train"]
-        data = datasets.load(
-            spec["dataset"],
-            data_dir,
-            dev,
-            normalize=train["normalize"],
-            train_subset=train["train_subset"],
-            test_subset=train["test_subset"],
-        )
+        data = load_data(spec, data_dir, dev)
         return accuracy(learner, data.test_x, data.test_y)
 
 

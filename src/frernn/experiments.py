@@ -6,15 +6,17 @@ import copy
 import hashlib
 import itertools
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import jsonschema
 import yaml
 
 from frernn.errors import FrernnError
-from frernn.spec import DEFAULT_SPEC, deep_merge, resolve, run_id, run_spec_schema
+from frernn.spec import DEFAULT_SPEC, deep_merge, format_error, resolve, run_id, run_spec_schema
 
 DATASET_SIZES = {  # (train, test, pixels): fixes per-job memory and the cost model
     "mnist": (60_000, 10_000, 784),
@@ -67,6 +69,7 @@ class Plan:
     runs: dict[str, Run] = field(default_factory=dict)
     graphs: dict[str, Any] = field(default_factory=dict)
     runtime_safety: float = 3.0
+    notes: list[str] = field(default_factory=list)
 
     def run(self, rid: str) -> Run:
         """The run with id ``rid`` (a clear error for an id the config does not produce)."""
@@ -338,12 +341,26 @@ def build_plan(config: dict[str, Any]) -> Plan:
     }
     seeds = list(config["seeds"])[: scale_cfg.get("seeds", len(config["seeds"]))]
     plan = Plan(scale, substitute, seeds, blocks, graphs=dict(config.get("fig3", {})))
+    if len(seeds) < len(config["seeds"]):
+        plan.notes.append(
+            f"scale {scale} trains seeds {seeds}, the first {len(seeds)} of seeds "
+            f"{list(config['seeds'])} (scales.{scale}.seeds: {len(seeds)})"
+        )
     plan.runtime_safety = config.get("runtime_safety", plan.runtime_safety)
     for name in blocks:
         if name not in plan.cells:
             plan.cells[name] = _expand_block(name, blocks, ctx, plan)
     plan.cells = {name: plan.cells[name] for name in blocks}
     return plan
+
+
+def config_error(exc: Exception) -> str:
+    """One line for a workflow config mistake: the key a schema violation names, or the
+    first line of the error (Snakemake's validate raises it while handling the jsonschema one)."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, jsonschema.ValidationError):
+        return f"invalid config: {format_error(cause, root='config')}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _sizes(spec: dict[str, Any]) -> tuple[int, int, int]:
@@ -462,6 +479,15 @@ def resolve_pack(pack: str, device: str) -> str:
     if pack not in PACK_MODES:
         raise FrernnError(f"config pack: {pack!r} is not one of auto, {', '.join(PACK_MODES)}")
     return pack
+
+
+def export_job_environment(device: str, data_dir: str, gpu_slots: int) -> None:
+    """Hand device, data directory and GPU slots (frernn.gpu) to the training jobs through
+    their environment, not as rule params: Snakemake reruns a job whose params change, and
+    these do not change what a run computes."""
+    os.environ.update(
+        FRERNN_DEVICE=device, FRERNN_DATA_DIR=str(data_dir), FRERNN_GPU_SLOTS=str(gpu_slots)
+    )
 
 
 def resolve_device(device: str) -> str:

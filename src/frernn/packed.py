@@ -38,17 +38,6 @@ PER_RUN_KEYS = (
 )
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{'ep': {'T': 20}}`` -> ``{'ep.T': 20}``."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def pack_key(spec: dict[str, Any]) -> tuple:
     """Hashable key: runs with equal keys can be trained as one batched pack.
 
@@ -58,7 +47,7 @@ def pack_key(spec: dict[str, Any]) -> tuple:
     schedule, epochs, batch size, subsets, normalisation and scale are shared. Feedback
     matrices and AGT edges are drawn per seed and may differ.
     """
-    flat = _flatten(spec)
+    flat = run_spec._flat(spec)  # the dotted leaves, as the checkpoint identity compares
     return tuple(
         (key, json.dumps(value, sort_keys=True))
         for key, value in sorted(flat.items())

@@ -64,6 +64,19 @@ def save_torch(path: Path, obj: Any) -> None:
     atomic_write(path, write)
 
 
+def epoch_record(
+    epoch: int, loss: float, train_acc: float, test_acc: float, seconds: float
+) -> dict[str, float]:
+    """One epoch's record; a non-finite loss is recorded as NaN (the run diverged in it)."""
+    return {
+        "epoch": epoch,
+        "loss": loss if math.isfinite(loss) else float("nan"),
+        "train_acc": train_acc,
+        "test_acc": test_acc,
+        "seconds": seconds,
+    }
+
+
 def duration(seconds: float) -> str:
     """``42 s``, ``12.5 min`` or ``3.1 h``."""
     if seconds < 120:

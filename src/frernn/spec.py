@@ -73,9 +73,9 @@ def parse_override(assignment: str) -> dict[str, Any]:
     return nested
 
 
-def format_error(error: jsonschema.ValidationError) -> str:
-    """One line naming the offending key of a schema violation."""
-    where = ".".join(str(p) for p in error.absolute_path) or "spec"
+def format_error(error: jsonschema.ValidationError, root: str = "spec") -> str:
+    """One line naming the offending key of a schema violation (``root`` names the top)."""
+    where = ".".join(str(p) for p in error.absolute_path) or root
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         prefix = f"{where}." if error.absolute_path else ""
@@ -185,7 +185,11 @@ def load(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
         raise FrernnError(f"spec file {path} is not valid YAML: {first_line}") from None
     if raw is None:
         raise FrernnError(f"spec file {path} is empty (write {{}} for the all-default spec)")
-    spec = resolve(raw, overrides)
+    return refuse_ignored_keys(resolve(raw, overrides))
+
+
+def refuse_ignored_keys(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` unchanged, or a one-line error naming a model key its kind of net ignores."""
     unused = ignored_keys(spec)
     if unused:
         kind = spec["model"]["kind"]

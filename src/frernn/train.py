@@ -25,7 +25,7 @@ from frernn.errors import FrernnError
 from frernn.gpu import job_device
 from frernn.io import atomic_write, atomic_write_json
 from frernn.methods import Learner, build_learner
-from frernn.rundir import RunDir
+from frernn.rundir import RunDir, epoch_record
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def seeded_learner(spec: dict[str, Any], info: datasets.DatasetInfo, device: tor
 
 
 def load_data(spec: dict[str, Any], data_dir: Path, device: torch.device) -> datasets.Data:
-    """The dataset and subsets of a run spec on ``device``."""
+    """The run's dataset and subsets on ``device``."""
     train = spec["train"]
     return datasets.load(
         spec["dataset"],
@@ -220,13 +220,7 @@ class Run:
         test_acc = accuracy_of(self.data.test_x, self.data.test_y)
         seconds = time.perf_counter() - start
         self.wall += seconds
-        record = {
-            "epoch": len(self.epochs) + 1,
-            "loss": loss if finite else float("nan"),
-            "train_acc": train_acc,
-            "test_acc": test_acc,
-            "seconds": seconds,
-        }
+        record = epoch_record(len(self.epochs) + 1, loss, train_acc, test_acc, seconds)
         self.epochs.append(record)
         return record
 
@@ -319,7 +313,10 @@ def train(spec: dict[str, Any], out: Path, data_dir: Path, device: str = "auto")
 def _command(args: argparse.Namespace) -> int:
     if args.spec is None and not args.print_spec:
         raise FrernnError("frernn train needs a SPEC file (or --print-spec to see the defaults)")
-    spec = run_spec.load(args.spec, args.set) if args.spec else run_spec.resolve({}, args.set)
+    if args.spec:
+        spec = run_spec.load(args.spec, args.set)
+    else:
+        spec = run_spec.refuse_ignored_keys(run_spec.resolve({}, args.set))
     if args.print_spec:
         print(yaml.safe_dump(spec, sort_keys=False), end="")
         return 0

@@ -1,10 +1,13 @@
 # One job per (configuration, seed), or with --config pack=seeds|shape one job per pack of
 # runs (PLAN.packs): its outputs are every member's metrics.json, and `train` keeps the rest.
+# Only the resolved specs are params (Snakemake reruns a job when a param changes); device,
+# data directory and GPU slots reach the job through the environment, threads as `threads`,
+# and the dataset marker is ancient(): changing where or how a run trains never retrains it.
 
 
 rule train:
     input:
-        lambda wc: f"results/data/{PLAN.run(wc.run_id).spec['dataset']}.ready",
+        lambda wc: ancient(f"results/data/{PLAN.run(wc.run_id).spec['dataset']}.ready"),
     output:
         "results/runs/{block}/{run_id}/seed{seed}/metrics.json",
     log:
@@ -25,12 +28,10 @@ rule train:
     params:
         spec=lambda wc: PLAN.spec_text(wc.run_id, int(wc.seed)),
         run_dir=lambda wc, output: subpath(output[0], parent=True),
-        data_dir=DATA_DIR,
-        device=DEVICE,
     shell:
         "printf '%s' {params.spec:q} > {params.run_dir}/spec.yaml && "
         "frernn train {params.run_dir}/spec.yaml --out {params.run_dir}"
-        " --data-dir {params.data_dir:q} --device {params.device} --threads {threads}"
+        ' --data-dir "$FRERNN_DATA_DIR" --device "$FRERNN_DEVICE" --threads {threads}'
         " > {log} 2>&1"
 
 
@@ -41,7 +42,7 @@ for pack in PACKS:
         name:
             f"train_pack_{pack.pack_id}"
         input:
-            f"results/data/{PLAN.run(pack.run_ids[0]).spec['dataset']}.ready",  # one per pack
+            ancient(f"results/data/{PLAN.run(pack.run_ids[0]).spec['dataset']}.ready"),
         output:
             [f"{m['dir']}/metrics.json" for m in members],
         log:

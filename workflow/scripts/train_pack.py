@@ -2,6 +2,7 @@
 manifest, runs ``frernn train-pack`` with its output in the pack's log, and gives each member's
 train.log the pack log's name and the lines about that member."""
 
+import os
 import re
 import subprocess
 import sys
@@ -20,10 +21,10 @@ for member in job.params.members:
     runs.append({"spec": str(run_dir / "spec.yaml"), "out": str(run_dir)})
 atomic_write_json(manifest, {"runs": runs})
 
-# device and data_dir are read here, not passed as params, so changing them reruns
-# nothing; `auto` resolves on the job's machine, as the Snakefile's own resolution does there.
-command = ["frernn", "train-pack", str(manifest), "--data-dir", job.config["data_dir"]]
-command += ["--device", job.config["device"], "--threads", str(job.threads)]
+# device and data directory come from the environment the Snakefile exported, not params,
+# so changing them reruns nothing (experiments.export_job_environment)
+command = ["frernn", "train-pack", str(manifest), "--data-dir", os.environ["FRERNN_DATA_DIR"]]
+command += ["--device", os.environ["FRERNN_DEVICE"], "--threads", str(job.threads)]
 with pack_log.open("w") as log:
     log.write(f"{' '.join(command)}\n")
     log.flush()
