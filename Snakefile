@@ -1,10 +1,14 @@
 # Reproduces the tables and figures of "Toward Practical Equilibrium Propagation" (SPEC.md).
 # The experiments are data (config.yaml); grid expansion and run ids live in frernn.experiments.
 import json
+import re
+import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
 from frernn import experiments
+from frernn.errors import FrernnError
 
 min_version("9.0")
 
@@ -12,11 +16,18 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-PLAN = experiments.build_plan(config)
+try:  # every config and run-spec mistake stops here, as one line, before any job
+    validate(config, "workflow/schemas/config.schema.yaml")
+    PLAN = experiments.build_plan(config)
+except (WorkflowError, FrernnError) as exc:
+    sys.exit(f"frernn: error: {experiments.config_error(exc)}")
+for note in PLAN.notes:
+    print(f"frernn: {note}", file=sys.stderr)
 DEVICE = experiments.resolve_device(config["device"])
 DATA_DIR = config["data_dir"]
+PACKS = PLAN.packs(experiments.resolve_pack(config["pack"], DEVICE))
+UNPACKED_RUN_IDS = "|".join(map(re.escape, PLAN.unpacked_run_ids(PACKS))) or "(?!)"
+experiments.export_job_environment(DEVICE, DATA_DIR, config["gpu_slots"])
 
 
 include: "workflow/rules/data.smk"

@@ -161,7 +161,10 @@ def test_canonical_run_ids_ignore_unused_keys():
     )
     bp = [resolve({"method": "bp", "ep": {"beta": b}}) for b in (0.1, 4)]
     assert len({run_id(experiments.canonical(s)) for s in bp}) == 1
-    conv = [resolve({"model": {"kind": "conv", "width": w}}) for w in (64, 512)]
+    conv = [
+        resolve({"model": {"kind": "conv", "width": w}, "ep": {"nudge_rule": "recompute"}})
+        for w in (64, 512)
+    ]
     assert len({run_id(experiments.canonical(s)) for s in conv}) == 1
 
 
@@ -232,3 +235,69 @@ def test_thin_keeps_evenly_spaced_points_with_both_ends():
     assert thin(axis, 2) == {"model.depth": [2, 10], "ep.T": [20, 100]}
     assert thin({"b": [1, 2, 3, 4, 5, 6, 7]}, 3) == {"b": [1, 4, 7]}
     assert thin(axis, None) == axis and thin(axis, 4) == axis
+
+
+@pytest.mark.parametrize("mode", ["seeds", "shape"])
+def test_packs_cover_every_run_once_and_share_a_pack_key(paper, mode):
+    from frernn.packed import pack_key
+
+    packs = paper.packs(mode)
+    packed = [rid for pack in packs for rid in pack.run_ids]
+    assert len(packed) == len(set(packed)) and not paper.unpacked_run_ids(packs)
+    assert set(packed) == set(paper.runs)
+    assert len({pack.pack_id for pack in packs}) == len(packs)
+    for pack in packs:
+        assert len({pack_key(paper.runs[rid].spec) for rid in pack.run_ids}) == 1
+        members = paper.pack_members(pack)
+        assert len(members) == 5 * len(pack.run_ids)
+        assert members[1]["dir"] == f"results/{paper.run_dir(pack.run_ids[0], 1)}"
+        assert yaml.safe_load(members[1]["spec"])["seed"] == 1
+    assert paper.packs("none") == []
+
+
+def test_shape_packs_join_the_beta_sweep_of_one_depth(paper):
+    """Table S1's 35 beta x seed runs of one depth are one job, with every other run of that
+    shape in the default target (Fig. 4's alpha = 1 row, Table 2's L5 and L10 EP on MNIST)."""
+    packs = paper.packs("shape")
+    s1 = paper.run_ids("tableS1")
+    by_depth = {}
+    for pack in packs:
+        depths = {dict(c.grid)["depth"] for c in paper.cells["tableS1"] if c.run_id in pack.run_ids}
+        if depths:
+            assert len(depths) == 1
+            by_depth[depths.pop()] = pack
+    assert sorted(by_depth) == [2, 3, 5, 10]
+    assert all(len(set(s1) & set(p.run_ids)) == 7 for p in by_depth.values())
+    t2 = {(c.row, c.paper_dataset): c.run_id for c in paper.cells["table2"]}
+    assert t2["10-symm EP", "mnist"] in by_depth[10].run_ids
+    assert t2["10-asymm EP", "mnist"] not in by_depth[10].run_ids  # feedback is a shape
+    intended = paper.run_ids("table1_dlr_intended")[0]
+    alone = [p for p in packs if intended in p.run_ids]  # outside the default target: apart
+    assert [p.run_ids for p in alone] == [(intended,)]
+
+
+def test_seeds_of_one_seed_and_smoke_packs():
+    one_seed = plan_for(seeds=[3])
+    assert one_seed.packs("seeds") == [] and len(one_seed.unpacked_run_ids([])) == 145
+    with pytest.raises(FrernnError, match="config pack: 'all' is not one of auto, none"):
+        experiments.resolve_pack("all", "cpu")
+    assert experiments.resolve_pack("auto", "cpu") == "none"
+    assert experiments.resolve_pack("auto", "cuda") == "shape"
+    assert experiments.resolve_pack("seeds", "cuda") == "seeds"
+
+
+def test_pack_cost_model(paper):
+    """A GPU pack of small nets costs one run until its arithmetic fills the GPU; on the CPU a
+    pack costs the sum of its members; memory holds the dataset once."""
+    rid = paper.run_ids("tableS1")[0]  # L2, 50 epochs
+    spec = paper.runs[rid].spec
+    one = experiments.gpu_seconds(spec)
+    assert experiments.pack_gpu_seconds([spec] * 35) == one
+    assert experiments.pack_gpu_seconds([spec] * 5000) > 10 * one
+    assert experiments.pack_cpu_seconds([spec] * 35) == pytest.approx(
+        35 * experiments.cpu_seconds(spec)
+    )
+    (pack,) = [p for p in paper.packs("seeds") if p.run_ids == (rid,)]
+    assert paper.pack_runtime(pack, "cpu") > 4 * paper.runtime(rid, "cpu") - 20
+    assert paper.pack_runtime(pack, "cuda") == paper.runtime(rid, "cuda")
+    assert paper.mem_mb(rid) < paper.pack_mem_mb(pack) < 2 * paper.mem_mb(rid)

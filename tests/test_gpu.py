@@ -205,3 +205,74 @@ def test_default_lock_dir_honours_the_environment(
     assert gpu.default_lock_dir() == tmp_path
     monkeypatch.delenv(gpu.LOCK_DIR_ENV)
     assert gpu.default_lock_dir().name == f"frernn-gpu-{os.getuid()}"
+
+
+def test_slot_locks_spread_jobs_over_gpus_before_sharing_one() -> None:
+    """Slot 0 of every GPU comes first; slot 0 keeps the plain lock of a GPU to itself."""
+    assert gpu.slot_locks(2, 3, {}) == [
+        (0, "gpu0.lock"),
+        (1, "gpu1.lock"),
+        (0, "gpu0.slot1.lock"),
+        (1, "gpu1.slot1.lock"),
+        (0, "gpu0.slot2.lock"),
+        (1, "gpu1.slot2.lock"),
+    ]
+    assert gpu.slot_locks(1, 2, {"CUDA_VISIBLE_DEVICES": "3"}) == [
+        (0, "gpu3.lock"),
+        (0, "gpu3.slot1.lock"),
+    ]
+
+
+def test_k_slots_let_k_jobs_share_a_gpu_and_the_next_one_wait(tmp_path: Path) -> None:
+    """Two GPUs x two slots: four holders at once (two per GPU); a fifth waits for a release."""
+    release, got, fifth = threading.Event(), [], []
+    four = threading.Barrier(5)
+
+    def holder() -> None:
+        with gpu.claim_gpu(2, tmp_path, poll_s=0.01, slots=2) as index:
+            got.append(index)
+            four.wait(timeout=30)
+            release.wait(timeout=30)
+
+    def late() -> None:
+        with gpu.claim_gpu(2, tmp_path, poll_s=0.01, slots=2) as index:
+            fifth.append(index)
+
+    threads = [threading.Thread(target=holder) for _ in range(4)]
+    for t in threads:
+        t.start()
+    four.wait(timeout=30)
+    assert sorted(got) == [0, 0, 1, 1]
+    waiting = threading.Thread(target=late)
+    waiting.start()
+    waiting.join(timeout=0.5)
+    assert waiting.is_alive() and fifth == []
+    release.set()
+    waiting.join(timeout=30)
+    for t in threads:
+        t.join(timeout=30)
+    assert fifth in ([0], [1])
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["gpu0.lock", "gpu0.slot1.lock", "gpu1.lock", "gpu1.slot1.lock"]
+
+
+@pytest.mark.usefixtures("two_fake_gpus")
+def test_job_device_takes_the_slot_count_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FRERNN_GPU_SLOTS=2 (set by the workflow's gpu_slots): four local jobs on two GPUs."""
+    monkeypatch.setenv(gpu.SLOTS_ENV, "2")
+    with (
+        gpu.job_device("cuda", tmp_path) as a,
+        gpu.job_device("cuda", tmp_path) as b,
+        gpu.job_device("cuda", tmp_path) as c,
+        gpu.job_device("cuda", tmp_path) as d,
+    ):
+        assert (a, b, c, d) == ("cuda:0", "cuda:1", "cuda:0", "cuda:1")
+        assert _locked(tmp_path / "gpu1.slot1.lock")
+    monkeypatch.setenv(gpu.SLOTS_ENV, "0")
+    with pytest.raises(FrernnError, match="FRERNN_GPU_SLOTS='0': expected a whole number"):
+        with gpu.job_device("cuda", tmp_path):
+            pass
+    monkeypatch.delenv(gpu.SLOTS_ENV)
+    assert gpu.slots_per_gpu() == 1

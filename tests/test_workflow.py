@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_snakemake, workflow_copy
+from conftest import SMOKE_CONFIG, run_snakemake, workflow_copy
+from snakemake.utils import update_config
+
+from frernn import experiments
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_COLUMNS = [
@@ -32,12 +40,17 @@ def dry_dir(tmp_path_factory) -> Path:
     return workflow_copy(tmp_path_factory.mktemp("dry"))
 
 
-def job_counts(cwd: Path, *args: str) -> dict[str, int]:
-    """Jobs per rule of a dry run."""
-    proc = snakemake(cwd, "-n", "--quiet", "rules", "--config", "device=cpu", "--", *args)
+def job_counts(cwd: Path, *args: str, config: tuple[str, ...] = ("device=cpu",)) -> dict[str, int]:
+    """Jobs per rule of a dry run (all packed jobs counted together as ``train_pack``)."""
+    proc = snakemake(cwd, "-n", "--quiet", "rules", "--config", *config, "--", *args)
     assert proc.returncode == 0, proc.stderr
     text = proc.stdout + proc.stderr
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M)}
+    per_rule = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", text, re.M)}
+    counts: dict[str, int] = {}
+    for name, n in per_rule.items():
+        name = "train_pack" if name.startswith("train_pack_") else name
+        counts[name] = counts.get(name, 0) + n
+    return counts
 
 
 @pytest.mark.parametrize(
@@ -47,6 +60,19 @@ def job_counts(cwd: Path, *args: str) -> dict[str, int]:
 def test_dry_run_trains_each_configuration_seed_once(dry_dir, target, jobs):
     counts = job_counts(dry_dir, target)
     assert counts["train"] == jobs and counts["aggregate"] == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "target", "packs"),
+    [
+        (("device=cpu", "pack=seeds"), "results/tableS1.csv", 28),  # 28 configurations x 5 seeds
+        (("device=cuda",), "results/tableS1.csv", 4),  # auto = shape: one job per depth
+        (("device=cpu", "pack=shape"), "results/table2.csv", 28),  # no two rows share a shape
+    ],
+)
+def test_dry_run_packs_jobs(dry_dir, config, target, packs):
+    counts = job_counts(dry_dir, target, config=config)
+    assert counts["train_pack"] == packs and "train" not in counts and counts["aggregate"] == 1
 
 
 def test_all_holds_every_target_and_trains_nothing_twice(dry_dir):
@@ -83,8 +109,9 @@ def test_config_mistakes_stop_before_any_job(tmp_path, config, message):
     assert "Job stats" not in proc.stdout + proc.stderr and not (cwd / "results").exists()
 
 
-def test_lint_is_clean(dry_dir):
-    proc = snakemake(dry_dir, "--lint", "--config", "device=cpu")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])  # cuda: pack=auto is shape, 45 pack rules
+def test_lint_is_clean(dry_dir, device):
+    proc = snakemake(dry_dir, "--lint", "--config", f"device={device}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Congratulations" in proc.stdout + proc.stderr
 
@@ -144,3 +171,67 @@ def test_smoke_conv_rows_carry_alignment_and_the_corrected_block_is_reported(smo
     assert corrected["align_before_conv2_mean"].between(-1, 1).all()
     page = (results / "report.html").read_text()
     assert "id='conv_corrected'" in page and "cos(update, BP) at init" in page
+
+
+SHORT_SMOKE = {"scales": {"smoke": {"spec": {"train": {"epochs": 3, "train_subset": 3000}}}}}
+
+
+@pytest.mark.slow
+def test_packed_smoke_table_equals_unpacked(smoke_pipeline, tmp_path):
+    """pack=shape trains Table S1's runs (and the other runs of their shapes) in two jobs; the
+    table and every run directory hold what the one-job-per-run pipeline wrote."""
+    cwd = workflow_copy(tmp_path / "wf")
+    config = [*SMOKE_CONFIG, f"data_dir={smoke_pipeline / 'data'}", "pack=shape"]
+    proc = snakemake(cwd, "--cores", "2", *config, "--", "results/tableS1.csv", timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert len(list((cwd / "results/logs/packs").glob("*.manifest.json"))) == 2
+    packed, alone = (pd.read_csv(d / "results/tableS1.csv") for d in (cwd, smoke_pipeline))
+    same = [c for c in packed.columns if not c.startswith("wall_seconds")]
+    pd.testing.assert_frame_equal(packed[same], alone[same])
+    for metrics in (cwd / "results/runs").glob("*/*/seed*/metrics.json"):
+        run = metrics.parent.relative_to(cwd)
+        for name in ("spec.yaml", "history.csv", "train.log"):
+            assert (cwd / run / name).is_file(), (run, name)
+        ours, theirs = (
+            json.loads((d / run / "metrics.json").read_text()) for d in (cwd, smoke_pipeline)
+        )
+        for key in ("spec", "test_acc_best", "test_acc_final", "train_acc_best", "diverged"):
+            assert ours[key] == theirs[key], (run, key)
+
+
+def test_killed_pack_resumes_every_member_from_its_checkpoint(tmp_path, fmnist_dir):
+    """A pack killed (with Snakemake) after its first checkpoint continues on the rerun."""
+    cwd = workflow_copy(tmp_path / "wf")
+    (cwd / "short.yaml").write_text(yaml.safe_dump(SHORT_SMOKE))
+    config = ["--configfile", "short.yaml", *SMOKE_CONFIG, f"data_dir={fmnist_dir}", "pack=seeds"]
+    merged = yaml.safe_load((cwd / "config.yaml").read_text())
+    update_config(merged, {**SHORT_SMOKE, "scale": "smoke", "dataset_substitute": "fashion_mnist"})
+    rid = experiments.build_plan(merged).run_ids("tableS1")[0]  # L2, beta 0.001: one pack
+    target = f"results/runs/tableS1/{rid}/seed0/metrics.json"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", "--cores", "1", *config, "--", target]
+    first = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    run_dirs = [cwd / "results/runs/tableS1" / rid / f"seed{k}" for k in (0, 1)]
+    deadline = time.monotonic() + 300
+    while not any((d / "checkpoint.pt").exists() for d in run_dirs):
+        assert first.poll() is None and time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not any((d / "metrics.json").exists() for d in run_dirs)
+    assert snakemake(cwd, "--unlock", *config).returncode == 0
+    proc = snakemake(cwd, "--cores", "1", "--rerun-incomplete", *config, "--", target, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    (pack_log,) = (cwd / "results/logs/packs").glob("*.log")
+    assert re.search(rf"resuming \S*{rid}/seed\d after epoch [12]", pack_log.read_text())
+    for run_dir in run_dirs:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3]
+        assert not (run_dir / "checkpoint.pt").exists()

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import math
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import jsonschema
 import yaml
 
 from frernn.errors import FrernnError
 from frernn.models.timing import Timing
-from frernn.spec import DEFAULT_SPEC, deep_merge, resolve, run_id, run_spec_schema
+from frernn.spec import DEFAULT_SPEC, deep_merge, format_error, resolve, run_id, run_spec_schema
 
 DATASET_SIZES = {  # (train, test, pixels): fixes per-job memory and the cost model
     "mnist": (60_000, 10_000, 784),
@@ -43,6 +47,17 @@ class Run:
     spec: dict[str, Any]
 
 
+PACK_MODES = ("none", "seeds", "shape")
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Runs (with all their seeds) trained by one job: ``frernn train-pack``."""
+
+    pack_id: str
+    run_ids: tuple[str, ...]
+
+
 @dataclass
 class Plan:
     """Everything the workflow trains and aggregates for one config and scale."""
@@ -55,6 +70,7 @@ class Plan:
     runs: dict[str, Run] = field(default_factory=dict)
     graphs: dict[str, Any] = field(default_factory=dict)
     runtime_safety: float = 3.0
+    notes: list[str] = field(default_factory=list)
 
     def run(self, rid: str) -> Run:
         """The run with id ``rid`` (a clear error for an id the config does not produce)."""
@@ -79,6 +95,54 @@ class Plan:
         """Time limit (minutes) of the training job of ``rid``: estimate x safety + 5."""
         estimate = cpu_seconds if device == "cpu" else gpu_seconds
         return math.ceil(self.runtime_safety * estimate(self.run(rid).spec) / 60) + 5
+
+    def packs(self, mode: str) -> list[Pack]:
+        """The packed jobs of ``mode`` (none | seeds | shape), over every configured run.
+
+        ``seeds``: each configuration with all its seeds; ``shape``: all configurations sharing
+        a ``frernn.packed.pack_key`` (runs of the default target and the others apart). A "pack"
+        of one (configuration, seed) stays a plain job. The packs cover every run once whatever
+        the target, so each metrics.json has one job (asking for one target trains the whole
+        packs its runs are in).
+        """
+        if mode == "none":
+            return []
+        from frernn.packed import pack_key
+
+        default = set(self.run_ids("runs"))
+        groups: dict[Any, list[str]] = {}
+        for rid, run in self.runs.items():
+            key = rid if mode == "seeds" else (rid in default, pack_key(run.spec))
+            groups.setdefault(key, []).append(rid)
+        return [
+            Pack(_pack_id(rids, mode), tuple(rids))
+            for rids in groups.values()
+            if len(rids) * len(self.seeds) > 1
+        ]
+
+    def unpacked_run_ids(self, packs: list[Pack]) -> list[str]:
+        """Run ids trained one (configuration, seed) per job, besides ``packs``."""
+        packed = {rid for pack in packs for rid in pack.run_ids}
+        return [rid for rid in self.runs if rid not in packed]
+
+    def pack_members(self, pack: Pack, root: str = "results") -> list[dict[str, str]]:
+        """Each member of ``pack`` as ``{"spec": YAML text, "dir": run directory}``."""
+        return [
+            {"spec": self.spec_text(rid, seed), "dir": f"{root}/{self.run_dir(rid, seed)}"}
+            for rid in pack.run_ids
+            for seed in self.seeds
+        ]
+
+    def pack_mem_mb(self, pack: Pack) -> int:
+        """Memory of a packed job: the dataset once, plus every member's own tensors."""
+        members = sum(member_mb(self.run(rid).spec) for rid in pack.run_ids) * len(self.seeds)
+        return self.mem_mb(pack.run_ids[0]) + math.ceil(members)
+
+    def pack_runtime(self, pack: Pack, device: str) -> int:
+        """Time limit (minutes) of a packed job: estimate x safety + 5."""
+        specs = [self.run(rid).spec for rid in pack.run_ids for _ in self.seeds]
+        estimate = pack_cpu_seconds(specs) if device == "cpu" else pack_gpu_seconds(specs)
+        return math.ceil(self.runtime_safety * estimate / 60) + 5
 
     def targets(self, default_only: bool = False) -> list[str]:
         """Names of the aggregated CSVs: ``runs``, one per block, ``fig3``."""
@@ -279,12 +343,26 @@ def build_plan(config: dict[str, Any]) -> Plan:
     }
     seeds = list(config["seeds"])[: scale_cfg.get("seeds", len(config["seeds"]))]
     plan = Plan(scale, substitute, seeds, blocks, graphs=dict(config.get("fig3", {})))
+    if len(seeds) < len(config["seeds"]):
+        plan.notes.append(
+            f"scale {scale} trains seeds {seeds}, the first {len(seeds)} of seeds "
+            f"{list(config['seeds'])} (scales.{scale}.seeds: {len(seeds)})"
+        )
     plan.runtime_safety = config.get("runtime_safety", plan.runtime_safety)
     for name in blocks:
         if name not in plan.cells:
             plan.cells[name] = _expand_block(name, blocks, ctx, plan)
     plan.cells = {name: plan.cells[name] for name in blocks}
     return plan
+
+
+def config_error(exc: Exception) -> str:
+    """One line for a workflow config mistake: the key a schema violation names, or the
+    first line of the error (Snakemake's validate raises it while handling the jsonschema one)."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, jsonschema.ValidationError):
+        return f"invalid config: {format_error(cause, root='config')}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _sizes(spec: dict[str, Any]) -> tuple[int, int, int]:
@@ -331,6 +409,87 @@ def cpu_seconds(spec: dict[str, Any]) -> float:
     else:
         work = 3 * n_train + n_test
     return spec["train"]["epochs"] * unit * work
+
+
+def _pack_id(run_ids: list[str], mode: str) -> str:
+    """A pack's name (also its Snakemake rule's): the first run id, and for ``shape`` packs the
+    number of configurations and a digest of all of them."""
+    if mode == "seeds":
+        name = run_ids[0]
+    else:
+        digest = hashlib.sha1("\n".join(run_ids).encode()).hexdigest()[:8]
+        name = f"{run_ids[0]}-x{len(run_ids)}-{digest}"
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _flops_per_sample(spec: dict[str, Any]) -> float:
+    """Floating-point operations of one training sample (every relaxation step, both directions
+    of every edge; BP and FA: forward and backward as three forward passes)."""
+    pixels = _sizes(spec)[2]
+    model, ep = spec["model"], spec["ep"]
+    if model["kind"] == "conv":  # 1 channel: 5x5 unpadded convs; 3 channels: 3x3 padded
+        colour = pixels > 784
+        channels, kernel = (3, 3) if colour else (1, 5)
+        side, per_step = math.isqrt(pixels // channels), 0.0
+        for out in model["channels"]:
+            side = side if colour else side - kernel + 1
+            per_step += 2 * side * side * channels * out * kernel * kernel
+            side, channels = side // 2, out
+        per_step *= 2  # forward and feedback
+    else:
+        width = model["width"]
+        per_step = 4 * model["depth"] * width * width
+    steps = (ep["T"] + ep["K"]) if spec["method"] == "ep" else 3
+    return per_step * steps
+
+
+GPU_FLOPS = 20e12  # sustained float32 rate assumed for a packed job (H100 class; unmeasured)
+
+
+def pack_gpu_seconds(specs: list[dict[str, Any]]) -> float:
+    """Estimated wall clock of a pack on one GPU: a small run leaves the GPU mostly idle (its
+    time is kernel launches), so a pack costs one run's time until its arithmetic fills the
+    GPU, then grows with it: max(one run, all members' FLOPs at ``GPU_FLOPS``)."""
+    arithmetic = 0.0
+    for spec in specs:
+        n_train, n_test, _ = _sizes(spec)
+        work = n_train + n_test / 3
+        arithmetic += spec["train"]["epochs"] * work * _flops_per_sample(spec) / GPU_FLOPS
+    return max(max(gpu_seconds(s) for s in specs), arithmetic)
+
+
+def pack_cpu_seconds(specs: list[dict[str, Any]]) -> float:
+    """Estimated wall clock of a pack on one CPU core: packing saves no arithmetic there."""
+    return sum(cpu_seconds(spec) for spec in specs)
+
+
+def member_mb(spec: dict[str, Any]) -> float:
+    """Host memory of one member's own tensors (weights, optimiser state, batch states)."""
+    if spec["model"]["kind"] == "conv":
+        return 600.0 * (1.8 if _sizes(spec)[2] > 784 else 1.0)  # ~507 MiB peak measured (MNIST)
+    model, batch = spec["model"], spec["train"]["batch_size"]
+    units = model["depth"] * model["width"]
+    params = _sizes(spec)[2] * model["width"] + model["depth"] * model["width"] ** 2
+    return 20 + (8 * params + 8 * max(batch, 1000) * units) * 4 / 1e6
+
+
+def resolve_pack(pack: str, device: str) -> str:
+    """``auto`` -> ``none`` on the CPU (packing saves no arithmetic there), ``shape`` on CUDA
+    (a pack of small nets costs about one run: chosen by the cost model, unmeasured)."""
+    if pack == "auto":
+        return "shape" if device == "cuda" else "none"
+    if pack not in PACK_MODES:
+        raise FrernnError(f"config pack: {pack!r} is not one of auto, {', '.join(PACK_MODES)}")
+    return pack
+
+
+def export_job_environment(device: str, data_dir: str, gpu_slots: int) -> None:
+    """Hand device, data directory and GPU slots (frernn.gpu) to the training jobs through
+    their environment, not as rule params: Snakemake reruns a job whose params change, and
+    these do not change what a run computes."""
+    os.environ.update(
+        FRERNN_DEVICE=device, FRERNN_DATA_DIR=str(data_dir), FRERNN_GPU_SLOTS=str(gpu_slots)
+    )
 
 
 def resolve_device(device: str) -> str:

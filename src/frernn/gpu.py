@@ -1,5 +1,6 @@
 """Device choice for a training job: Snakemake counts GPUs (``--resources gpu=N``) but assigns
-none, so each job claims a free one with an exclusive lock file."""
+none, so each job claims a free slot of one with an exclusive lock file (``$FRERNN_GPU_SLOTS``
+slots per GPU, default 1: a GPU to itself)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 LOCK_DIR_ENV = "FRERNN_GPU_LOCK_DIR"
+SLOTS_ENV = "FRERNN_GPU_SLOTS"
 
 
 def resolve_device(requested: str) -> str:
@@ -53,6 +55,27 @@ def lock_names(n_devices: int, env: Mapping[str, str] = os.environ) -> list[str]
     return [f"gpu{re.sub(r'[^A-Za-z0-9_-]', '_', i)}.lock" for i in ids]
 
 
+def slots_per_gpu(env: Mapping[str, str] = os.environ) -> int:
+    """How many jobs may share one GPU: ``$FRERNN_GPU_SLOTS``, default 1."""
+    value = env.get(SLOTS_ENV, "").strip() or "1"
+    if not value.isdigit() or int(value) < 1:
+        raise FrernnError(f"{SLOTS_ENV}={value!r}: expected a whole number of at least 1")
+    return int(value)
+
+
+def slot_locks(
+    n_devices: int, slots: int, env: Mapping[str, str] = os.environ
+) -> list[tuple[int, str]]:
+    """(device index, lock name) of every slot, first slot 0 of each GPU, then slot 1 of each...
+    (so jobs spread over the GPUs before sharing one); slot 0 is the GPU's plain lock."""
+    names = lock_names(n_devices, env)
+    return [
+        (index, name if k == 0 else name.replace(".lock", f".slot{k}.lock"))
+        for k in range(slots)
+        for index, name in enumerate(names)
+    ]
+
+
 def _try_lock(path: Path) -> int | None:
     """An fd holding an exclusive flock on ``path``, or None when another holder has it."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -66,32 +89,33 @@ def _try_lock(path: Path) -> int | None:
     return fd
 
 
-def _claim_first_free(lock_dir: Path, names: list[str]) -> tuple[int, int] | None:
-    """(index, locked fd) of the first free device, or None when all are taken."""
-    for index, name in enumerate(names):
+def _claim_first_free(lock_dir: Path, slots: list[tuple[int, str]]) -> tuple[int, str, int] | None:
+    """(device index, lock name, locked fd) of the first free slot, or None when all are taken."""
+    for index, name in slots:
         fd = _try_lock(lock_dir / name)
         if fd is not None:
-            return index, fd
+            return index, name, fd
     return None
 
 
 @contextmanager
-def claim_gpu(n_devices: int, lock_dir: Path, poll_s: float = 1.0) -> Iterator[int]:
-    """Hold the first free of ``n_devices`` GPUs (waiting while all are taken); yield its index.
+def claim_gpu(n_devices: int, lock_dir: Path, poll_s: float = 1.0, slots: int = 1) -> Iterator[int]:
+    """Hold the first free of ``slots`` slots on each of ``n_devices`` GPUs (waiting while all
+    are taken); yield the index of its GPU.
 
     The flock is released on exit, and by the kernel if the process dies."""
     if n_devices < 1:
         raise FrernnError("no GPU to claim: torch sees 0 CUDA devices")
     lock_dir.mkdir(parents=True, exist_ok=True)
-    names = lock_names(n_devices)
+    candidates = slot_locks(n_devices, slots)
     waited = False
-    while (claimed := _claim_first_free(lock_dir, names)) is None:
+    while (claimed := _claim_first_free(lock_dir, candidates)) is None:
         if not waited:
-            log.info("all %d GPUs are taken (locks in %s); waiting", n_devices, lock_dir)
+            log.info("all %d GPU slots are taken (locks in %s); waiting", len(candidates), lock_dir)
             waited = True
         time.sleep(poll_s)
-    index, fd = claimed
-    log.info("bound to GPU %d (%s)", index, lock_dir / names[index])
+    index, name, fd = claimed
+    log.info("bound to GPU %d (%s)", index, lock_dir / name)
     try:
         yield index
     finally:
@@ -102,12 +126,15 @@ def claim_gpu(n_devices: int, lock_dir: Path, poll_s: float = 1.0) -> Iterator[i
 @contextmanager
 def job_device(requested: str, lock_dir: Path | None = None) -> Iterator[str]:
     """The torch device of this job for the duration of the block: ``cpu``, or ``cuda:k`` for a
-    GPU claimed by lock file; inside a Slurm GPU allocation (already isolated) ``cuda:0``."""
+    GPU slot claimed by lock file (``$FRERNN_GPU_SLOTS`` per GPU); inside a Slurm GPU allocation
+    (already isolated) ``cuda:0``."""
     device = resolve_device(requested)
     if device == "cpu":
         yield "cpu"
     elif "SLURM_JOB_ID" in os.environ and "CUDA_VISIBLE_DEVICES" in os.environ:
         yield "cuda:0"
     else:
-        with claim_gpu(torch.cuda.device_count(), lock_dir or default_lock_dir()) as index:
+        lock_dir = lock_dir or default_lock_dir()
+        n_devices, slots = torch.cuda.device_count(), slots_per_gpu()
+        with claim_gpu(n_devices, lock_dir, slots=slots) as index:
             yield f"cuda:{index}"

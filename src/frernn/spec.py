@@ -36,6 +36,7 @@ DEFAULT_SPEC: dict[str, Any] = {
         "train_subset": None,
         "test_subset": None,
         "normalize": False,
+        "train_acc": "running",
     },
     "diagnostics": {"dynamics": False, "trajectory": False, "samples": 500, "alignment": False},
     "scale": "custom",
@@ -73,9 +74,9 @@ def parse_override(assignment: str) -> dict[str, Any]:
     return nested
 
 
-def format_error(error: jsonschema.ValidationError) -> str:
-    """One line naming the offending key of a schema violation."""
-    where = ".".join(str(p) for p in error.absolute_path) or "spec"
+def format_error(error: jsonschema.ValidationError, root: str = "spec") -> str:
+    """One line naming the offending key of a schema violation (``root`` names the top)."""
+    where = ".".join(str(p) for p in error.absolute_path) or root
     if error.validator == "additionalProperties":
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         prefix = f"{where}." if error.absolute_path else ""
@@ -83,6 +84,69 @@ def format_error(error: jsonschema.ValidationError) -> str:
     if error.validator == "enum":
         return f"{where}: {error.instance!r} is not one of {error.validator_value}"
     return f"{where}: {error.message}"
+
+
+def integral_floats_to_int(value: Any, schema: dict[str, Any], where: str = "") -> Any:
+    """``value`` with integral floats (YAML ``2.0``) made ints where the schema wants an integer;
+    a non-integral one is a one-line error naming its key."""
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return {
+            k: integral_floats_to_int(v, props.get(k, {}), f"{where}{k}.") for k, v in value.items()
+        }
+    options = schema.get("oneOf", [schema])
+    if isinstance(value, list):
+        items = next((o["items"] for o in options if o.get("type") == "array"), {})
+        return [integral_floats_to_int(v, items, where) for v in value]
+    wants_int = any(o.get("type") == "integer" for o in options)
+    wants_number = any(o.get("type") == "number" for o in options)
+    if isinstance(value, float) and wants_int and not wants_number:
+        if not value.is_integer():
+            raise FrernnError(f"invalid run spec: {where[:-1]}: {value!r} is not an integer")
+        return int(value)
+    return value
+
+
+def _combination_problem(spec: dict[str, Any]) -> str | None:
+    """The first setting that contradicts another one (schema-valid keys that cannot go
+    together), as ``key: reason``; None when the combination is sound."""
+    model, method, optim = spec["model"], spec["method"], spec["optim"]
+    diagnostics = spec["diagnostics"]
+    if isinstance(optim["lr"], list) and optim["name"] != "sgd":
+        return "optim.lr: per-layer rates need optim.name: sgd"
+    if model["kind"] == "layered":
+        if method == "fa" and model["feedback"] != "asymmetric":
+            return "model.feedback: method fa needs model.feedback: asymmetric"
+        if model["timing"] not in ("corrected", []):
+            return "model.timing: only the conv net has notebook timings"
+        if method == "bp_straight_through":
+            return "method: bp_straight_through needs model.kind: conv"
+        return None
+    if model["topology"] != "chain":
+        return "model.topology: the conv net supports only chain"
+    if model["feedback"] != "symmetric":
+        return (
+            "model.feedback: the conv net has no asymmetric variant (EP feeds back through "
+            "transposed convolutions, method fa through its own fixed random kernels)"
+        )
+    if method == "ep" and spec["ep"]["nudge_rule"] != "recompute":
+        return "ep.nudge_rule: the conv net uses recompute"
+    if diagnostics["dynamics"] or diagnostics["trajectory"]:
+        return "diagnostics: dynamics apply to layered nets only"
+    return None
+
+
+KIND_KEYS = {  # model keys only one kind of net uses
+    "layered": ("depth", "width", "topology", "agt_p"),
+    "conv": ("channels",),
+}
+
+
+def ignored_keys(spec: dict[str, Any]) -> list[str]:
+    """Model keys set away from their default that the spec's kind of net ignores."""
+    model, defaults = spec["model"], DEFAULT_SPEC["model"]
+    other = "conv" if model["kind"] == "layered" else "layered"
+    return [f"model.{k}" for k in KIND_KEYS[other] if model.get(k, defaults[k]) != defaults[k]]
 
 
 def validate(spec: dict[str, Any]) -> None:
@@ -93,18 +157,9 @@ def validate(spec: dict[str, Any]) -> None:
     )
     if errors:
         raise FrernnError(f"invalid run spec: {format_error(errors[0])}")
-    lr = spec["optim"]["lr"]
-    if isinstance(lr, list) and spec["optim"]["name"] != "sgd":
-        raise FrernnError("invalid run spec: optim.lr: per-layer rates need optim.name: sgd")
-    if spec["model"]["kind"] == "conv" and spec["model"]["topology"] != "chain":
-        raise FrernnError("invalid run spec: model.topology: the conv net supports only chain")
-    if spec["model"]["kind"] != "conv" and spec["model"]["timing"] not in ("corrected", []):
-        raise FrernnError("invalid run spec: model.timing: only the conv net has notebook timings")
-    if spec["model"]["kind"] != "conv" and spec["method"] == "bp_straight_through":
-        raise FrernnError("invalid run spec: method: bp_straight_through needs model.kind: conv")
-    diagnostics = spec["diagnostics"]
-    if spec["model"]["kind"] == "conv" and (diagnostics["dynamics"] or diagnostics["trajectory"]):
-        raise FrernnError("invalid run spec: diagnostics: dynamics apply to layered nets only")
+    problem = _combination_problem(spec)
+    if problem:
+        raise FrernnError(f"invalid run spec: {problem}")
 
 
 def resolve(spec: dict[str, Any] | None = None, overrides: list[str] = ()) -> dict[str, Any]:
@@ -114,21 +169,57 @@ def resolve(spec: dict[str, Any] | None = None, overrides: list[str] = ()) -> di
     merged = deep_merge(DEFAULT_SPEC, spec or {})
     for assignment in overrides:
         merged = deep_merge(merged, parse_override(assignment))
+    merged = integral_floats_to_int(merged, run_spec_schema())
     validate(merged)
     return merged
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
-    """Read a YAML/JSON spec file and resolve it."""
+    """Read a YAML/JSON spec file and resolve it; keys the net's kind ignores are refused."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise FrernnError(f"spec file not found: {path}") from None
+    except IsADirectoryError:
+        raise FrernnError(f"spec file {path} is a directory") from None
+    except OSError as exc:
+        raise FrernnError(f"cannot read spec file {path}: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         first_line = str(exc).splitlines()[0]
         raise FrernnError(f"spec file {path} is not valid YAML: {first_line}") from None
-    return resolve(raw, overrides)
+    if raw is None:
+        raise FrernnError(f"spec file {path} is empty (write {{}} for the all-default spec)")
+    return refuse_ignored_keys(resolve(raw, overrides))
+
+
+def refuse_ignored_keys(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` unchanged, or a one-line error naming a model key its kind of net ignores."""
+    unused = ignored_keys(spec)
+    if unused:
+        kind = spec["model"]["kind"]
+        raise FrernnError(f"invalid run spec: {unused[0]}: the {kind} net does not use it")
+    return spec
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{'a': {'b': 1}}`` -> ``{'a.b': 1}`` (lists and scalars are leaves)."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}."))
+    return flat
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Each dotted key whose value differs, as ``key: old -> new`` (missing: ``unset``)."""
+    a, b = _flat(old), _flat(new)
+    return [
+        f"{key}: {a.get(key, 'unset')!r} -> {b.get(key, 'unset')!r}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key, "unset") != b.get(key, "unset")
+    ]
 
 
 def _fmt(value: float) -> str:

@@ -1,40 +1,42 @@
-"""One training run: the epoch loop, metrics.json/history.csv, per-epoch checkpoint and resume."""
+"""One training run: the epoch loop, per-epoch checkpoint and resume (its files: rundir)."""
 
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.metadata
-import io
 import logging
 import math
-import platform
+import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-import frernn
 from frernn import data as datasets
 from frernn import spec as run_spec
+from frernn.eager import eager_step, keep_optimizers_eager
 from frernn.errors import FrernnError
 from frernn.gpu import job_device
-from frernn.io import atomic_write, atomic_write_json, atomic_write_text
+from frernn.io import atomic_write, atomic_write_json
 from frernn.methods import Learner, build_learner
+from frernn.rundir import RunDir, epoch_record
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 1000
-DIVERGENCE_DROP = 5.0
-HISTORY_FIELDS = ("epoch", "loss", "train_acc", "test_acc", "seconds")
 
 
 def make_optimizer(
     optim: dict[str, Any], groups: list[list[torch.Tensor]]
 ) -> torch.optim.Optimizer:
     """torch.optim optimiser over per-layer groups; a list ``lr`` gives one rate per layer."""
+    keep_optimizers_eager()
     rates = optim["lr"] if isinstance(optim["lr"], list) else [optim["lr"]] * len(groups)
     if len(rates) != len(groups):
         raise FrernnError(
@@ -56,66 +58,41 @@ def make_schedule(optim: dict[str, Any], opt: torch.optim.Optimizer, epochs: int
 
 
 @torch.no_grad()
-def accuracy(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Percent of ``x`` classified correctly by test-time inference."""
+def accuracies(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """Percent of ``x`` classified correctly by test-time inference, per member of a pack
+    (one value for a single net)."""
     correct = sum(
-        int((learner.predict(xb).argmax(1) == yb).sum())
+        (learner.predict(xb).argmax(-1) == yb).sum(-1).reshape(-1)
         for xb, yb in zip(x.split(EVAL_BATCH), y.split(EVAL_BATCH), strict=True)
     )
-    return 100.0 * correct / len(y)
+    return [100.0 * int(c) / len(y) for c in correct]
 
 
-def versions() -> dict[str, str]:
-    """Software versions recorded with every run."""
-    return {
-        "frernn": frernn.__version__,
-        "torch": torch.__version__,
-        "torchvision": importlib.metadata.version("torchvision"),
-        "python": platform.python_version(),
-    }
+def accuracy(learner: Learner, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Percent of ``x`` classified correctly by test-time inference."""
+    return accuracies(learner, x, y)[0]
 
 
-def device_name(device: torch.device) -> str:
-    """Human-readable device, e.g. ``cuda:0 (NVIDIA H100 80GB HBM3)``."""
-    if device.type == "cuda":
-        return f"{device} ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+def seeded_learner(spec: dict[str, Any], info: datasets.DatasetInfo, device: torch.device):
+    """The run's net and learning rule, initialised from its seed (training and evaluation
+    build the same net, random feedback and graph included)."""
+    torch.manual_seed(spec["seed"])
+    learner = build_learner(spec, info, torch.Generator().manual_seed(spec["seed"]))
+    learner.net.to(device)
+    return learner
 
 
-def history_csv(epochs: list[dict[str, float]]) -> str:
-    """The per-epoch records as CSV text."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(epochs)
-    return buffer.getvalue()
-
-
-class Checkpoint:
-    """Everything needed to continue a run after a kill: saved atomically at each epoch end."""
-
-    def __init__(self, path: Path, run: str) -> None:
-        self.path, self.run = path, run
-
-    def save(self, state: dict[str, Any]) -> None:
-        atomic_write(self.path, lambda tmp: torch.save({"run": self.run, **state}, tmp))
-
-    def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when absent, unreadable or of another configuration."""
-        if not self.path.exists():
-            return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is discarded
-            log.warning("discarding unreadable checkpoint %s (%s)", self.path, exc)
-            return None
-        if state.get("run") != self.run:
-            log.warning("discarding checkpoint %s of another configuration", self.path)
-            return None
-        return state
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+def load_data(spec: dict[str, Any], data_dir: Path, device: torch.device) -> datasets.Data:
+    """The run's dataset and subsets on ``device``."""
+    train = spec["train"]
+    return datasets.load(
+        spec["dataset"],
+        data_dir,
+        device,
+        normalize=train["normalize"],
+        train_subset=train["train_subset"],
+        test_subset=train["test_subset"],
+    )
 
 
 def diagnostics_batch(data: datasets.Data, samples: int) -> torch.Tensor:
@@ -124,35 +101,36 @@ def diagnostics_batch(data: datasets.Data, samples: int) -> torch.Tensor:
 
 
 class Run:
-    """A resolved spec bound to its data, learner, optimiser and output directory."""
+    """A resolved spec bound to its learner, optimiser, data and run directory."""
 
-    def __init__(self, spec: dict[str, Any], out: Path, data_dir: Path, device: torch.device):
-        self.spec, self.out, self.device = spec, Path(out), device
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        out: Path,
+        data_dir: Path,
+        device: torch.device,
+        data: datasets.Data | None = None,
+    ):
+        self.spec, self.device = spec, device
+        self.dir = RunDir(out, spec)
         train = spec["train"]
-        self.data = datasets.load(
-            spec["dataset"],
-            data_dir,
-            device,
-            normalize=train["normalize"],
-            train_subset=train["train_subset"],
-            test_subset=train["test_subset"],
-        )
-        torch.manual_seed(spec["seed"])
-        init = torch.Generator().manual_seed(spec["seed"])
-        self.learner = build_learner(spec, self.data.info, init)
-        self.learner.net.to(device)
+        self.learner = seeded_learner(spec, datasets.dataset_info(spec["dataset"]), device)
+        self.data = data or load_data(spec, data_dir, device)
         self.optimizer = make_optimizer(spec["optim"], self.learner.parameter_groups())
         self.schedule = make_schedule(spec["optim"], self.optimizer, train["epochs"])
         self.shuffle = torch.Generator().manual_seed(spec["seed"] + 1)
         self.diag_rng = torch.Generator().manual_seed(spec["seed"] + 2)
-        self.checkpoint = Checkpoint(self.out / "checkpoint.pt", run_spec.run_id(spec))
         self.epochs: list[dict[str, float]] = []
         self.wall = 0.0
         self.dynamics_before: dict[str, float] | None = None
 
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The net's state dict as tensors of their own (a pack member's are views)."""
+        return {k: v.detach().clone() for k, v in self.learner.net.state_dict().items()}
+
     def state(self) -> dict[str, Any]:
         return {
-            "model": self.learner.net.state_dict(),
+            "model": self.weights(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule else {},
             "shuffle": self.shuffle.get_state(),
@@ -173,7 +151,7 @@ class Run:
         self.diag_rng.set_state(state["diag_rng"])
         self.epochs, self.wall = list(state["epochs"]), float(state["wall"])
         self.dynamics_before = state["dynamics_before"] or None
-        log.info("resuming %s after epoch %d", self.out, len(self.epochs))
+        log.info("resuming %s after epoch %d", self.dir.out, len(self.epochs))
 
     def diagnose(self) -> dict[str, float]:
         from frernn.dynamics import diagnose
@@ -183,104 +161,135 @@ class Run:
         x = diagnostics_batch(self.data, diag["samples"])
         return diagnose(self.learner.net, x, ep["T"], horizon, self.diag_rng)
 
+    def epoch_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's minibatches in the run's own order."""
+        data = self.data
+        return datasets.batches(
+            data.train_x, data.train_y, self.spec["train"]["batch_size"], self.shuffle
+        )
+
+    def new_tally(self) -> list[torch.Tensor]:
+        """(loss sum, correct count) of an epoch, on the device."""
+        return [
+            torch.zeros((), dtype=torch.float64, device=self.device),
+            torch.zeros((), dtype=torch.long, device=self.device),
+        ]
+
+    def update(self, tally: list[torch.Tensor], loss, logits, yb) -> None:
+        """After ``train_step`` wrote the gradients: clip, step, count into ``tally``."""
+        clip = self.spec["optim"]["clip"]
+        if clip is not None:
+            params = [p for g in self.learner.parameter_groups() for p in g]
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        eager_step(self.optimizer)
+        tally[0] += loss.detach() * len(yb)
+        tally[1] += (logits.argmax(-1) == yb).sum()
+
+    def epoch_means(self, tally: list[torch.Tensor]) -> tuple[float, float]:
+        """(mean loss, running train accuracy %) of an epoch's tally."""
+        n = len(self.data.train_y)
+        return float(tally[0]) / n, 100.0 * int(tally[1]) / n
+
     def train_epoch(self, progress: tqdm) -> tuple[float, float]:
         """One pass over the training set; returns (mean loss, running train accuracy %)."""
-        train, clip = self.spec["train"], self.spec["optim"]["clip"]
-        params = [p for g in self.learner.parameter_groups() for p in g]
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for xb, yb in datasets.batches(
-            self.data.train_x, self.data.train_y, train["batch_size"], self.shuffle
-        ):
+        tally = self.new_tally()
+        for xb, yb in self.epoch_batches():
             self.optimizer.zero_grad(set_to_none=True)
             loss, logits = self.learner.train_step(xb, yb)
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, clip)
-            self.optimizer.step()
-            loss_sum += loss.detach() * len(yb)
-            correct += (logits.argmax(1) == yb).sum()
+            self.update(tally, loss, logits, yb)
             progress.update(1)
-        n = len(self.data.train_y)
-        return float(loss_sum) / n, 100.0 * int(correct) / n
+        return self.epoch_means(tally)
 
-    def fit(self) -> bool:
-        """Train the remaining epochs; returns True when the loss became non-finite."""
+    def run_epoch(self, progress: tqdm) -> dict[str, float]:
+        """Train one epoch and append its record."""
+        start = time.perf_counter()
+        loss, train_acc = self.train_epoch(progress)
+        return self.close_epoch(loss, train_acc, start, partial(accuracy, self.learner))
+
+    def close_epoch(
+        self, loss: float, train_acc: float, start: float, accuracy_of: Callable
+    ) -> dict[str, float]:
+        """Schedule, evaluate (``accuracy_of(x, y)``) and append the record of an epoch begun
+        at ``start``; a non-finite loss is recorded as NaN with the accuracies of the state it
+        left."""
+        finite = math.isfinite(loss)
+        if finite and self.schedule:
+            self.schedule.step()
+        if self.spec["train"]["train_acc"] == "eval":
+            train_acc = accuracy_of(self.data.train_x, self.data.train_y)
+        test_acc = accuracy_of(self.data.test_x, self.data.test_y)
+        seconds = time.perf_counter() - start
+        self.wall += seconds
+        record = epoch_record(len(self.epochs) + 1, loss, train_acc, test_acc, seconds)
+        self.epochs.append(record)
+        return record
+
+    def fit(self) -> None:
+        """Train the remaining epochs, checkpointing each; stop in an epoch whose loss is
+        non-finite (diverged)."""
         train = self.spec["train"]
         n_batches = math.ceil(len(self.data.train_y) / train["batch_size"])
         progress = tqdm(
             total=train["epochs"] * n_batches,
             initial=len(self.epochs) * n_batches,
-            desc=self.out.name,
+            desc=self.dir.out.name,
             disable=None,
         )
-        with progress:
-            while len(self.epochs) < train["epochs"]:
-                start = time.perf_counter()
-                loss, train_acc = self.train_epoch(progress)
-                if not math.isfinite(loss):
-                    log.warning("%s: loss became %s; stopping (diverged)", self.out, loss)
-                    return True
-                if self.schedule:
-                    self.schedule.step()
-                test_acc = accuracy(self.learner, self.data.test_x, self.data.test_y)
-                seconds = time.perf_counter() - start
-                self.wall += seconds
-                self.epochs.append(
-                    {
-                        "epoch": len(self.epochs) + 1,
-                        "loss": loss,
-                        "train_acc": train_acc,
-                        "test_acc": test_acc,
-                        "seconds": seconds,
-                    }
-                )
-                self.checkpoint.save(self.state())
-        return False
+        with progress, nullcontext() if progress.disable else logging_redirect_tqdm():
+            while not self.done():
+                self.keep(self.run_epoch(progress))
 
-    def metrics(self, non_finite: bool) -> dict[str, Any]:
-        """The metrics.json contract of DESIGN.md."""
-        tests = [e["test_acc"] for e in self.epochs]
-        best = max(tests, default=float("nan"))
-        final = tests[-1] if tests else float("nan")
-        return {
-            "spec": self.spec,
-            "seed": self.spec["seed"],
-            "dataset": self.spec["dataset"],
-            "test_acc_best": best,
-            "test_acc_final": final,
-            "train_acc_best": max((e["train_acc"] for e in self.epochs), default=float("nan")),
-            "diverged": non_finite or not tests or final < best - DIVERGENCE_DROP,
-            "wall_seconds": self.wall,
-            "device": device_name(self.device),
-            "versions": versions(),
-            "epochs": self.epochs,
-        }
+    def done(self) -> bool:
+        """Whether every epoch is trained or the loss became non-finite (diverged)."""
+        epochs = self.epochs
+        return len(epochs) >= self.spec["train"]["epochs"] or (
+            bool(epochs) and not math.isfinite(epochs[-1]["loss"])
+        )
+
+    def keep(self, record: dict[str, float]) -> None:
+        """After an epoch: history and progress line; a checkpoint, or the divergence noted."""
+        self.dir.record_epoch(self.epochs, self.wall)
+        if math.isfinite(record["loss"]):
+            self.dir.save_checkpoint(self.state())
+        else:
+            log.warning(
+                "%s: loss became non-finite in epoch %d; stopping (diverged)",
+                self.dir.out,
+                record["epoch"],
+            )
+
+    def start(self) -> None:
+        """Resume from the checkpoint, or measure the dynamics before training."""
+        state = self.dir.load_checkpoint()
+        if state is not None:
+            self.restore(state)
+        elif self.spec["diagnostics"]["dynamics"]:
+            self.dynamics_before = self.diagnose()
 
     def execute(self) -> dict[str, Any]:
         """Resume or start, train, write every output; metrics.json last."""
+        self.start()
+        self.fit()
+        return self.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """Dynamics, trajectory, model.pt and metrics.json (last) of the trained run."""
         diag = self.spec["diagnostics"]
-        state = self.checkpoint.load()
-        if state is not None:
-            self.restore(state)
-        elif diag["dynamics"]:
-            self.dynamics_before = self.diagnose()
-        non_finite = self.fit()
+        metrics = self.dir.metrics(self.epochs, self.wall, self.device)
         if diag["dynamics"]:
-            after = {} if non_finite else self.diagnose()
+            after = {} if metrics["diverged_epoch"] else self.diagnose()
             atomic_write_json(
-                self.out / "dynamics.json", {"before": self.dynamics_before, "after": after}
+                self.dir.out / "dynamics.json", {"before": self.dynamics_before, "after": after}
             )
         if diag["trajectory"]:
             self.write_trajectory()
         if diag["alignment"]:
             from frernn.alignment import measure
 
-            alignment = measure(self.spec, self.data, self.learner, non_finite)
-            atomic_write_json(self.out / "alignment.json", alignment)
-        metrics = self.metrics(non_finite)
-        atomic_write_text(self.out / "history.csv", history_csv(self.epochs))
-        atomic_write_json(self.out / "metrics.json", metrics)
-        self.checkpoint.remove()
+            diverged = bool(metrics["diverged_epoch"])
+            alignment = measure(self.spec, self.data, self.learner, diverged)
+            atomic_write_json(self.dir.out / "alignment.json", alignment)
+        self.dir.finish(metrics, self.weights())
         return metrics
 
     def write_trajectory(self) -> None:
@@ -295,10 +304,10 @@ class Run:
             with tmp.open("wb") as handle:
                 np.savez(handle, states=states, changes=changes)
 
-        atomic_write(self.out / "trajectory.npz", write)
+        atomic_write(self.dir.out / "trajectory.npz", write)
 
 
-def train(spec: dict[str, Any], out: Path, data_dir: Path, device: str = "cpu") -> dict[str, Any]:
+def train(spec: dict[str, Any], out: Path, data_dir: Path, device: str = "auto") -> dict[str, Any]:
     """Train one resolved run spec into ``out`` on ``cpu|cuda|auto``; returns its metrics.
 
     A CUDA job holds a free GPU (lock file) while it runs.
@@ -308,10 +317,30 @@ def train(spec: dict[str, Any], out: Path, data_dir: Path, device: str = "cpu") 
 
 
 def _command(args: argparse.Namespace) -> int:
-    spec = run_spec.load(args.spec, args.set)
+    if args.spec is None and not args.print_spec:
+        raise FrernnError("frernn train needs a SPEC file (or --print-spec to see the defaults)")
+    if args.spec:
+        spec = run_spec.load(args.spec, args.set)
+    else:
+        spec = run_spec.refuse_ignored_keys(run_spec.resolve({}, args.set))
+    if args.print_spec:
+        print(yaml.safe_dump(spec, sort_keys=False), end="")
+        return 0
+    if args.out is None:
+        raise FrernnError("frernn train needs --out DIR, the run directory to write")
+    if args.threads < 0:
+        raise FrernnError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    metrics = train(spec, args.out, args.data_dir, args.device)
+    try:
+        metrics = train(spec, args.out, args.data_dir, args.device)
+    except KeyboardInterrupt:
+        print(
+            f"frernn: training stopped (interrupted); run the same command again to resume "
+            f"{args.out} from its last finished epoch",
+            file=sys.stderr,
+        )
+        return 130
     print(
         f"{run_spec.run_id(spec)} seed {spec['seed']}: best test {metrics['test_acc_best']:.2f}% "
         f"final {metrics['test_acc_final']:.2f}% diverged={metrics['diverged']} "
@@ -322,17 +351,34 @@ def _command(args: argparse.Namespace) -> int:
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """``frernn train SPEC --out DIR [--set k=v ...] [--data-dir D] [--device ...]``."""
-    p = subparsers.add_parser("train", help="train one run spec and write its metrics")
-    p.add_argument("spec", type=Path, help="run spec (YAML or JSON)")
-    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p = subparsers.add_parser("train")
+    p.add_argument("spec", type=Path, nargs="?", help="run spec file (YAML or JSON)")
+    p.add_argument("--out", type=Path, help="run directory to write (created if absent)")
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY.PATH=VALUE",
-        help="override a spec key (repeatable)",
+        help="override a spec key, e.g. ep.beta=0.1 (repeatable)",
     )
-    p.add_argument("--data-dir", type=Path, default=datasets.default_data_dir())
-    p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument(
+        "--print-spec",
+        action="store_true",
+        help="print the resolved spec (defaults filled in) and exit without training",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=datasets.default_data_dir(),
+        help="data directory (default: $FRERNN_DATA_DIR, else ./data)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="auto",
+        help="auto (default): a free GPU when one is visible, else the CPU",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1; 0: torch's choice)"
+    )
     p.set_defaults(func=_command)

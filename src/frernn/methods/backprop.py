@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from frernn.models.layered_pack import LayeredPack
+
 
 class Backprop:
     """Softmax cross-entropy on ``net.feedforward``; FA swaps fixed matrices into the backward.
@@ -29,6 +31,9 @@ class Backprop:
             p.grad = None
         with torch.enable_grad():
             logits = self.net.feedforward(x, **self.forward_options)
-            loss = F.cross_entropy(logits, y)
-            loss.backward()
+            losses = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none")
+            loss = losses.view(y.shape).mean(-1)
+            loss.sum().backward()
+        if isinstance(self.net, LayeredPack):
+            self.net.set_grads([p.grad for p in self.net.learned()])
         return loss.detach(), logits.detach()

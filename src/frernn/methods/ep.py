@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from frernn.models.layered import LayeredFRERNN
+from frernn.models.layered_pack import LayeredPack
 
 NUDGE_RULES = ("fixed", "accumulate", "recompute")
 GRAPHS_ENV = "FRERNN_CUDA_GRAPHS"  # "0" turns CUDA-graph capture off
@@ -18,12 +19,15 @@ log = logging.getLogger(__name__)
 
 
 def softmax_cross_entropy(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """(softmax over classes, mean cross-entropy) from one log-sum-exp; torch's own kernels
-    take ~3x longer on CPU for few classes (0.2 ms per batch of 500)."""
-    shifted = logits - logits.amax(1, keepdim=True)
+    """(softmax over classes, mean cross-entropy over the batch, per run of a pack) from one
+    log-sum-exp; torch's own kernels take ~3x longer on CPU for few classes (0.2 ms per batch
+    of 500). ``logits`` are ``([R,] m, classes)``, ``y`` ``([R,] m)``."""
+    shifted = logits - logits.amax(-1, keepdim=True)
     exp = shifted.exp()
-    total = exp.sum(1, keepdim=True)
-    return exp.div_(total), (total.log_() - shifted.gather(1, y[:, None])).mean()
+    total = exp.sum(-1, keepdim=True)
+    probs = exp.div_(total)
+    losses = (total.log_() - shifted.gather(-1, y[..., None])).squeeze(-1)
+    return probs, losses.mean(-1)
 
 
 class GraphedCall:
@@ -77,7 +81,8 @@ class GraphedCall:
 
 
 class LayeredEP:
-    """Free phase (T steps from zero), nudged phase (K steps), contrastive updates into .grad.
+    """Free phase (T steps from zero), nudged phase (K steps), contrastive updates into .grad,
+    for one net or a ``LayeredPack`` (per-member batches ``(R, m, ...)``, losses ``(R,)``).
 
     On CUDA both the training step and inference run as captured CUDA graphs (fixed T and K
     make every step's kernels static); ``cuda_graphs=False`` or FRERNN_CUDA_GRAPHS=0 turns
@@ -86,7 +91,7 @@ class LayeredEP:
 
     def __init__(
         self,
-        net: LayeredFRERNN,
+        net: LayeredFRERNN | LayeredPack,
         T: int,
         K: int,
         nudge: float,
@@ -119,8 +124,7 @@ class LayeredEP:
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         self._edges_on(x.device)
         loss, logits, *grads = self._run("train", self._update, x, y)
-        for p, g in zip(self._learned(), grads, strict=True):
-            p.grad = g
+        self.net.set_grads(grads)
         return loss, logits
 
     def graph_calls(self, capture: bool) -> None:
@@ -137,21 +141,17 @@ class LayeredEP:
         graphed = self._graphed.get(name)
         return graphed(*inputs) if graphed is not None else fn(*inputs)
 
-    def _learned(self) -> list[Tensor]:
-        """Learned parameters in the order of ``_update``'s gradients."""
-        return [self.net.w_in, *self.net.w_fwd, self.net.w_out]
-
     def _predict(self, x: Tensor) -> tuple[Tensor]:
         return (self.net.readout(self.net.free_phase(x, self.T)[-1]),)
 
     def _update(self, x: Tensor, y: Tensor) -> tuple[Tensor, ...]:
-        """(loss, free logits, grads of ``_learned()``): one EP step, no side effects."""
+        """(loss, free logits, grads of ``net.learned()``): one EP step, no side effects."""
         net = self.net
         stack = net.recurrent_stack()
         base = net.input_drive(x)
         free = net.relax_from_zero(base, stack, self.T)
         logits = net.readout(free[-1])
-        target = torch.zeros_like(logits).scatter_(1, y[:, None], 1.0)
+        target = torch.zeros_like(logits).scatter_(-1, y[..., None], 1.0)
         probs, loss = softmax_cross_entropy(logits, y)
         error = probs - target
         nudged = net.relax(free, base, stack, self.K, self._nudge_hook(error, target))
@@ -179,7 +179,7 @@ class LayeredEP:
         def recompute(k: int, state: Tensor, base: Tensor) -> None:
             if k == 1:
                 plain_top.append(base[-1].clone())
-            current = torch.softmax(self.net.readout(state[-1]), dim=1) - target
+            current = torch.softmax(self.net.readout(state[-1]), dim=-1) - target
             torch.add(plain_top[0], current @ e_out, alpha=-self.nudge, out=base[-1])
 
         return {"fixed": fixed, "accumulate": accumulate, "recompute": recompute}[self.rule]
@@ -193,9 +193,12 @@ class LayeredEP:
 
     def _grads(self, x: Tensor, free: Tensor, diff: Tensor, readout_error: Tensor) -> list[Tensor]:
         """grad W_ij = s_i^T (s_j^free - s_j^nudged) / m, grad W_out = s_L^T e / m."""
-        m = x.shape[0]
-        grads = [x.flatten(1).T @ diff[0] / m]
-        if len(self.net.w_fwd):
+        net, m = self.net, free.shape[-2]
+        grads = [net.flat_input(x).mT @ diff[0] / m]
+        if net.forward_edges:
             src, dst = self._edges_on(free.device)
-            grads += list(torch.bmm(free[src].transpose(1, 2), diff[dst]) / m)
-        return [*grads, free[-1].T @ readout_error / m]
+            edges = torch.matmul(free[src].mT, diff[dst]) / m
+        else:
+            edges = free.new_zeros(0, *free.shape[1:-2], free.shape[-1], free.shape[-1])
+        grads += [edges] if net.stacked_edges else list(edges)
+        return [*grads, free[-1].mT @ readout_error / m]

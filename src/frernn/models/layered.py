@@ -40,11 +40,13 @@ def tanh_of_scaled(drive: Tensor, out: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class EdgeGroup:
-    """Edges sharing one layer offset: their sources, targets and rows of the matrix stack."""
+    """Edges sharing one layer offset: their sources, targets and rows of the matrix stack, as
+    selectors and as ``(src, dst, row)`` triples (0-based)."""
 
     src: slice | Tensor
     dst: slice | Tensor
     rows: slice | Tensor
+    edges: tuple[tuple[int, int, int], ...]
 
 
 def _selector(indices: list[int]) -> slice | Tensor:
@@ -64,6 +66,140 @@ def _gathered_edges(drive: Tensor, source: Tensor, mats: Tensor, group: EdgeGrou
         drive.index_add_(0, group.dst, torch.bmm(inputs, mats))
 
 
+def _as_batch(view: Tensor) -> Tensor | None:
+    """``view`` (E, [R,] m, n) as an (E*R, m, n) view, or None where its strides do not allow."""
+    try:
+        return view.view(-1, *view.shape[-2:])
+    except RuntimeError:
+        return None
+
+
+class EdgeLayout:
+    """The edges of a layer graph grouped by layer offset, so one relaxation step is a handful
+    of batched matmuls on views; where every edge joins layers of opposite parity, also per
+    parity of the target (half steps).
+
+    States are ``(L, m, n)``, or ``(L, R, m, n)`` for R runs of a pack (stack ``(E, R, n, n)``):
+    a group whose views flatten over (edges, runs) is one batched matmul, any other is one per
+    edge, each over all runs.
+    """
+
+    def __init__(self, edges: list[tuple[int, int]]) -> None:
+        by_offset: dict[int, list[int]] = {}
+        for k, (src, dst) in enumerate(edges):
+            by_offset.setdefault(dst - src, []).append(k)
+        offsets = [sorted(by_offset[o], key=lambda k: edges[k][0]) for o in sorted(by_offset)]
+        self.stack_order: list[int] = [k for members in offsets for k in members]
+        row = {k: r for r, k in enumerate(self.stack_order)}
+
+        def group(members: list[int]) -> EdgeGroup:
+            triples = tuple((edges[k][0] - 1, edges[k][1] - 1, row[k]) for k in members)
+            return EdgeGroup(
+                src=_selector([t[0] for t in triples]),
+                dst=_selector([t[1] for t in triples]),
+                rows=_selector([t[2] for t in triples]),
+                edges=triples,
+            )
+
+        self.groups: list[EdgeGroup] = [group(members) for members in offsets]
+        self.half_groups: tuple[list[EdgeGroup], ...] | None = None
+        if all((dst - src) % 2 for src, dst in edges):
+            self.half_groups = tuple(
+                [
+                    group(part)
+                    for members in offsets
+                    if (part := [k for k in members if (edges[k][1] - 1) % 2 == parity])
+                ]
+                for parity in (0, 1)
+            )
+
+    def to(self, device: torch.device) -> None:
+        """Move the index tensors of the groups to ``device``."""
+
+        def to(s: slice | Tensor) -> slice | Tensor:
+            return s.to(device) if isinstance(s, Tensor) else s
+
+        def moved(groups: list[EdgeGroup]) -> list[EdgeGroup]:
+            return [EdgeGroup(to(g.src), to(g.dst), to(g.rows), g.edges) for g in groups]
+
+        self.groups = moved(self.groups)
+        if self.half_groups is not None:
+            self.half_groups = tuple(moved(groups) for groups in self.half_groups)
+
+    @staticmethod
+    def edge_ops(
+        source: Tensor, drive: Tensor, stack: Tensor, groups: list[EdgeGroup]
+    ) -> list[Callable[[], None]]:
+        """One call per edge group adding its drive from ``source`` into ``drive``, views bound
+        once so that a relaxation step does no per-layer Python work."""
+        ops: list[Callable[[], None]] = []
+        for g in groups:
+            if source.dim() == 3 and not (isinstance(g.src, slice) and isinstance(g.dst, slice)):
+                ops.append(partial(_gathered_edges, drive, source, stack[g.rows], g))
+                continue
+            views = (
+                (_as_batch(drive[g.dst]), _as_batch(source[g.src]))
+                if isinstance(g.src, slice) and isinstance(g.dst, slice)
+                else (None, None)
+            )
+            if views[0] is not None and views[1] is not None:
+                mats = stack[g.rows].reshape(-1, *stack.shape[-2:])
+                ops.append(partial(views[0].baddbmm_, views[1], mats))
+            else:
+                ops += [partial(drive[j].baddbmm_, source[i], stack[r]) for i, j, r in g.edges]
+        return ops
+
+    def relax(
+        self, state: Tensor, base: Tensor, stack: Tensor, steps: int, hook: StepHook | None = None
+    ) -> Tensor:
+        """Run ``steps`` synchronous updates s <- tanh(base + sum of edge drives); returns s.
+
+        ``hook(k, state, base)`` may rewrite ``base`` before step k (1-based), e.g. a nudge.
+        """
+        scale = drive_scale(state.device)
+        buffers = (state.clone(), torch.empty_like(state))
+        drive = torch.empty_like(state)
+        ops = [self.edge_ops(source, drive, stack * scale, self.groups) for source in buffers]
+        for k in range(1, steps + 1):
+            current = (k - 1) % 2
+            if hook is not None:
+                hook(k, buffers[current], base)
+            torch.mul(base, scale, out=drive)
+            for op in ops[current]:
+                op()
+            tanh_of_scaled(drive, buffers[1 - current])
+        return buffers[steps % 2]
+
+    def relax_from_zero(self, base: Tensor, stack: Tensor, steps: int) -> Tensor:
+        """``relax`` from the zero state, for a ``base`` that drives layer 1 only (the input).
+
+        Where every edge joins layers of opposite parity (chain, residual), the odd layers stay
+        0 in step 1, so Jacobi steps from zero equal alternating in-place updates of the odd and
+        the even layers (red-black): each step updates half the layers, with the same result.
+        """
+        state = torch.zeros_like(base)
+        if self.half_groups is None:
+            return self.relax(state, base, stack, steps)
+        scale = drive_scale(base.device)
+        drive, scaled = torch.empty_like(base), stack * scale
+        halves = [
+            (
+                base[parity::2],
+                drive[parity::2],
+                state[parity::2],
+                self.edge_ops(state, drive, scaled, groups),
+            )
+            for parity, groups in enumerate(self.half_groups)
+        ]
+        for k in range(steps):
+            half_base, half_drive, half_state, ops = halves[k % 2]
+            torch.mul(half_base, scale, out=half_drive)
+            for op in ops if k else ():  # step 1 reads only the all-zero other half
+                op()
+            tanh_of_scaled(half_drive, half_state)
+        return state
+
+
 class FeedbackAlignedLinear(torch.autograd.Function):
     """``x @ w`` whose backward sends the error through a fixed matrix instead of ``w.T``."""
 
@@ -75,10 +211,64 @@ class FeedbackAlignedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, None]:
         x, feedback = ctx.saved_tensors
-        return grad @ feedback, x.T @ grad, None
+        return grad @ feedback, x.mT @ grad, None
 
 
-class LayeredFRERNN(nn.Module):
+class LayeredComputation:
+    """What a single layered net and a pack of them compute alike, from a few accessors:
+    ``layout``, ``depth``, ``forward_edges``, ``alpha_factor``, ``w_out``, ``e_out_fixed``,
+    ``symmetric``, ``first_layer(x)``, ``edge_weight(k)`` and ``_alignment_matrices()``."""
+
+    @torch.no_grad()
+    def relax(
+        self, state: Tensor, base: Tensor, stack: Tensor, steps: int, hook: StepHook | None = None
+    ) -> Tensor:
+        """``steps`` synchronous updates from ``state`` (``EdgeLayout.relax``)."""
+        return self.layout.relax(state, base, stack, steps, hook)
+
+    @torch.no_grad()
+    def relax_from_zero(self, base: Tensor, stack: Tensor, steps: int) -> Tensor:
+        """``steps`` updates from the zero state (``EdgeLayout.relax_from_zero``)."""
+        return self.layout.relax_from_zero(base, stack, steps)
+
+    @torch.no_grad()
+    def free_phase(self, x: Tensor, steps: int) -> Tensor:
+        """Free relaxation from zero: the state after ``steps`` steps."""
+        return self.relax_from_zero(self.input_drive(x), self.recurrent_stack(), steps)
+
+    def readout(self, top: Tensor) -> Tensor:
+        """Logits of the feed-forward readout from the top hidden layer."""
+        return top @ self.w_out
+
+    def error_feedback(self) -> Tensor:
+        """E_out (classes x n) carrying the output error into the top layer."""
+        return self.w_out.mT if self.symmetric else self.e_out_fixed
+
+    def feedforward(self, x: Tensor, feedback_alignment: bool = False) -> Tensor:
+        """Logits of the feed-forward twin (feedback removed), differentiable by autograd.
+
+        With ``feedback_alignment`` the backward pass uses the fixed feedback matrices.
+        """
+        feedback = self._alignment_matrices() if feedback_alignment else None
+        states = {1: torch.tanh(self.first_layer(x))}
+        for j in range(2, self.depth + 1):
+            incoming = [k for k, (_, dst) in enumerate(self.forward_edges) if dst == j]
+            h = sum(
+                self._linear(states[self.forward_edges[k][0]], self.edge_weight(k), feedback, k)
+                for k in incoming
+            )
+            states[j] = torch.tanh(self.alpha_factor * h)
+        top = states[self.depth]
+        if feedback is None:
+            return top @ self.w_out
+        return FeedbackAlignedLinear.apply(top, self.w_out, self.e_out_fixed)
+
+    @staticmethod
+    def _linear(x: Tensor, w: Tensor, feedback: list[Tensor] | None, k: int) -> Tensor:
+        return x @ w if feedback is None else FeedbackAlignedLinear.apply(x, w, feedback[k])
+
+
+class LayeredFRERNN(LayeredComputation, nn.Module):
     """Hidden layers of equal width on a LayerGraph, tanh units, softmax readout outside the loop.
 
     States of all layers are stacked as one ``(L, m, n)`` tensor; edges with the same layer
@@ -120,80 +310,22 @@ class LayeredFRERNN(nn.Module):
             else torch.zeros(0, n, n),
         )
         self.register_buffer("e_out_fixed", glorot(n_classes, n, generator))
-        self._build_groups()
-
-    def _build_groups(self) -> None:
-        """Group all edges by offset so one step is a handful of batched matmuls; where every
-        edge joins layers of opposite parity, also per parity of the target (half steps)."""
-        edges = self.forward_edges + self.feedback_edges
-        by_offset: dict[int, list[int]] = {}
-        for k, (src, dst) in enumerate(edges):
-            by_offset.setdefault(dst - src, []).append(k)
-        offsets = [sorted(by_offset[o], key=lambda k: edges[k][0]) for o in sorted(by_offset)]
-        self.stack_order: list[int] = [k for members in offsets for k in members]
-        row = {k: r for r, k in enumerate(self.stack_order)}
-
-        def group(members: list[int]) -> EdgeGroup:
-            return EdgeGroup(
-                src=_selector([edges[k][0] - 1 for k in members]),
-                dst=_selector([edges[k][1] - 1 for k in members]),
-                rows=_selector([row[k] for k in members]),
-            )
-
-        self.groups: list[EdgeGroup] = [group(members) for members in offsets]
-        self.half_groups: tuple[list[EdgeGroup], ...] | None = None
-        if all((dst - src) % 2 for src, dst in edges):
-            self.half_groups = tuple(
-                [
-                    group(part)
-                    for members in offsets
-                    if (part := [k for k in members if (edges[k][1] - 1) % 2 == parity])
-                ]
-                for parity in (0, 1)
-            )
+        self.layout = EdgeLayout(self.forward_edges + self.feedback_edges)
 
     @property
     def depth(self) -> int:
         return self.graph.depth
 
-    def _edge_ops(
-        self, source: Tensor, drive: Tensor, stack: Tensor, groups: list[EdgeGroup]
-    ) -> list[Callable[[], None]]:
-        """One call per edge group adding its drive from ``source`` into ``drive``, views bound
-        once so that a relaxation step does no per-layer Python work."""
-        ops: list[Callable[[], None]] = []
-        for g in groups:
-            mats = stack[g.rows]
-            if isinstance(g.src, slice) and isinstance(g.dst, slice):
-                ops.append(partial(drive[g.dst].baddbmm_, source[g.src], mats))
-            else:
-                ops.append(partial(_gathered_edges, drive, source, mats, g))
-        return ops
-
     def _apply(self, fn, recurse=True):
-        """Move index tensors of the edge groups along with the parameters."""
+        """Move the layout's index tensors along with the parameters."""
         module = super()._apply(fn, recurse)
-        device = self.w_in.device
-
-        def to(s: slice | Tensor) -> slice | Tensor:
-            return s.to(device) if isinstance(s, Tensor) else s
-
-        def moved(groups: list[EdgeGroup]) -> list[EdgeGroup]:
-            return [EdgeGroup(to(g.src), to(g.dst), to(g.rows)) for g in groups]
-
-        self.groups = moved(self.groups)
-        if self.half_groups is not None:
-            self.half_groups = tuple(moved(groups) for groups in self.half_groups)
+        self.layout.to(self.w_in.device)
         return module
 
     def feedback_matrices(self) -> list[Tensor]:
         """The unscaled matrix of every feedback edge: W^T when tied, else its fixed B."""
         fixed = iter(self.b_fixed)
         return [self.w_fwd[t].T if t is not None else next(fixed) for t in self.tied]
-
-    def error_feedback(self) -> Tensor:
-        """E_out (classes x n) carrying the output error into the top layer."""
-        return self.w_out.T if self.symmetric else self.e_out_fixed
 
     @torch.no_grad()
     def recurrent_stack(self) -> Tensor:
@@ -203,14 +335,14 @@ class LayeredFRERNN(nn.Module):
         ]
         if not mats:
             return torch.zeros(0, self.width, self.width, device=self.w_in.device)
-        return torch.stack([mats[k] for k in self.stack_order])
+        return torch.stack([mats[k] for k in self.layout.stack_order])
 
     def dense_recurrent_matrix(self) -> Tensor:
         """The full scaled hidden-to-hidden matrix (L*n, L*n), row-vector convention."""
         n, stack = self.width, self.recurrent_stack()
         edges = self.forward_edges + self.feedback_edges
         big = torch.zeros(self.depth * n, self.depth * n, dtype=stack.dtype, device=stack.device)
-        for row, k in enumerate(self.stack_order):
+        for row, k in enumerate(self.layout.stack_order):
             src, dst = edges[k]
             big[(src - 1) * n : src * n, (dst - 1) * n : dst * n] += stack[row]
         return big
@@ -226,89 +358,32 @@ class LayeredFRERNN(nn.Module):
         torch.matmul(x.flatten(1), self.w_in, out=base[0])
         return base
 
-    @torch.no_grad()
-    def relax(
-        self, state: Tensor, base: Tensor, stack: Tensor, steps: int, hook: StepHook | None = None
-    ) -> Tensor:
-        """Run ``steps`` synchronous updates s <- tanh(base + sum of edge drives); returns s.
+    stacked_edges = False  # gradients of the forward edges come as one tensor per edge
 
-        ``hook(k, state, base)`` may rewrite ``base`` before step k (1-based), e.g. a nudge.
-        """
-        scale = drive_scale(state.device)
-        buffers = (state.clone(), torch.empty_like(state))
-        drive = torch.empty_like(state)
-        ops = [self._edge_ops(source, drive, stack * scale, self.groups) for source in buffers]
-        for k in range(1, steps + 1):
-            current = (k - 1) % 2
-            if hook is not None:
-                hook(k, buffers[current], base)
-            torch.mul(base, scale, out=drive)
-            for op in ops[current]:
-                op()
-            tanh_of_scaled(drive, buffers[1 - current])
-        return buffers[steps % 2]
-
-    @torch.no_grad()
-    def relax_from_zero(self, base: Tensor, stack: Tensor, steps: int) -> Tensor:
-        """``relax`` from the zero state, for a ``base`` that drives layer 1 only (the input).
-
-        Where every edge joins layers of opposite parity (chain, residual), the odd layers stay
-        0 in step 1, so Jacobi steps from zero equal alternating in-place updates of the odd and
-        the even layers (red-black): each step updates half the layers, with the same result.
-        """
-        state = torch.zeros_like(base)
-        if self.half_groups is None:
-            return self.relax(state, base, stack, steps)
-        scale = drive_scale(base.device)
-        drive, scaled = torch.empty_like(base), stack * scale
-        halves = [
-            (
-                base[parity::2],
-                drive[parity::2],
-                state[parity::2],
-                self._edge_ops(state, drive, scaled, groups),
-            )
-            for parity, groups in enumerate(self.half_groups)
-        ]
-        for k in range(steps):
-            half_base, half_drive, half_state, ops = halves[k % 2]
-            torch.mul(half_base, scale, out=half_drive)
-            for op in ops if k else ():  # step 1 reads only the all-zero other half
-                op()
-            tanh_of_scaled(half_drive, half_state)
-        return state
-
-    def readout(self, top: Tensor) -> Tensor:
-        """Logits of the feed-forward readout from the top hidden layer."""
-        return top @ self.w_out
-
-    @torch.no_grad()
-    def free_phase(self, x: Tensor, steps: int) -> Tensor:
-        """Free relaxation from zero: the (L, m, n) state after ``steps`` steps."""
-        return self.relax_from_zero(self.input_drive(x), self.recurrent_stack(), steps)
-
-    def feedforward(self, x: Tensor, feedback_alignment: bool = False) -> Tensor:
-        """Logits of the feed-forward twin (feedback removed), differentiable by autograd.
-
-        With ``feedback_alignment`` the backward pass uses the fixed feedback matrices.
-        """
-        feedback = self._alignment_matrices() if feedback_alignment else None
-        states = {1: torch.tanh(x.flatten(1) @ self.w_in)}
-        for j in range(2, self.depth + 1):
-            incoming = [k for k, (_, dst) in enumerate(self.forward_edges) if dst == j]
-            h = sum(
-                self._linear(states[self.forward_edges[k][0]], self.w_fwd[k], feedback, k)
-                for k in incoming
-            )
-            states[j] = torch.tanh(self.alpha * h)
-        top = states[self.depth]
-        if feedback is None:
-            return top @ self.w_out
-        return FeedbackAlignedLinear.apply(top, self.w_out, self.e_out_fixed)
+    @property
+    def alpha_factor(self) -> float:
+        return self.alpha
 
     @staticmethod
-    def _linear(x: Tensor, w: Tensor, feedback: list[Tensor] | None, k: int) -> Tensor:
-        return x @ w if feedback is None else FeedbackAlignedLinear.apply(x, w, feedback[k])
+    def flat_input(x: Tensor) -> Tensor:
+        """The batch as rows ``(m, in)``."""
+        return x.flatten(1)
+
+    def first_layer(self, x: Tensor) -> Tensor:
+        """The drive ``x W_0`` of layer 1, differentiable."""
+        return x.flatten(1) @ self.w_in
+
+    def edge_weight(self, k: int) -> Tensor:
+        return self.w_fwd[k]
+
+    def learned(self) -> list[Tensor]:
+        """The learned tensors: W_0, the forward edges, W_out."""
+        return [self.w_in, *self.w_fwd, self.w_out]
+
+    def set_grads(self, grads: list[Tensor]) -> None:
+        """Gradients of ``learned()``, in its order, into ``.grad``."""
+        for p, g in zip(self.learned(), grads, strict=True):
+            p.grad = g
 
     def _alignment_matrices(self) -> list[Tensor]:
         """For each forward edge i->j the fixed matrix of its feedback edge j->i (FA)."""
