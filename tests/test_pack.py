@@ -126,7 +126,10 @@ def float64(monkeypatch: pytest.MonkeyPatch):
 
 
 CASES = {
-    "chain-ep-fixed": {"ep": {"nudge_rule": "fixed"}},
+    "chain-ep-fixed": {
+        "ep": {"nudge_rule": "fixed"},
+        "diagnostics": {"dynamics": True, "trajectory": True, "samples": 10},
+    },
     "one-layer-ep-recompute": {"model": {"depth": 1}, "ep": {"nudge_rule": "recompute"}},
     "residual-ep-accumulate": {
         "model": {"depth": 4, "topology": "residual"},
@@ -136,7 +139,7 @@ CASES = {
         "model": {"depth": 4, "topology": "agt", "agt_p": 0.5, "feedback": "asymmetric"},
         "ep": {"nudge_rule": "accumulate"},
     },
-    "chain-bp": {"method": "bp"},
+    "chain-bp": {"method": "bp", "train": {"train_acc": "eval"}},
     "residual-fa": {
         "method": "fa",
         "model": {"depth": 4, "topology": "residual", "feedback": "asymmetric"},
@@ -162,10 +165,10 @@ def test_packed_members_equal_the_same_runs_alone(tmp_path: Path, fake_data_dir:
     from frernn.packed import train_pack
     from frernn.train import train
 
-    specs = [
-        run_spec.resolve(run_spec.deep_merge(run_spec.deep_merge(TINY, CASES[case]), m))
-        for m in MEMBERS
-    ]
+    shared = run_spec.deep_merge(TINY, CASES[case])
+    diagnostics = shared.pop("diagnostics", None)  # per-run: given to the first member only
+    members = [{**MEMBERS[0], "diagnostics": diagnostics or {}}, *MEMBERS[1:]]
+    specs = [run_spec.resolve(run_spec.deep_merge(shared, m)) for m in members]
     assert len({pack_key(s) for s in specs}) == 1
     packed = train_pack(
         [(s, tmp_path / f"pack{k}") for k, s in enumerate(specs)], fake_data_dir, "cpu"
@@ -184,6 +187,13 @@ def test_packed_members_equal_the_same_runs_alone(tmp_path: Path, fake_data_dir:
         assert sorted(p.name for p in (tmp_path / f"pack{k}").iterdir()) == sorted(
             p.name for p in (tmp_path / f"alone{k}").iterdir()
         )
+        if (tmp_path / f"alone{k}" / "dynamics.json").exists():
+            got, want = (
+                json.loads((tmp_path / f"{w}{k}" / "dynamics.json").read_text())
+                for w in ("pack", "alone")
+            )
+            for phase in ("before", "after"):
+                assert got[phase] == pytest.approx(want[phase], rel=1e-9, nan_ok=True)
 
 
 def run_pack_cli(manifest: Path, data_dir: Path) -> subprocess.Popen:
