@@ -78,8 +78,11 @@ def test_train_pack_writes_what_train_writes_and_skips_finished(
     assert sorted(p.name for p in outs[1].iterdir()) == sorted(p.name for p in alone.iterdir())
     assert without_timings(metrics_of(outs[1])) == without_timings(metrics_of(alone))
     before = (outs[0] / "metrics.json").stat().st_mtime_ns
-    assert main(["train-pack", str(manifest), *data]) == 0
+    other = write_spec(tmp_path / "s2.yaml", model={"depth": 3})  # another pack key
+    entries = [*zip(specs, outs, strict=True), (other, tmp_path / "pack2")]
+    assert main(["train-pack", str(write_manifest(tmp_path / "m2.json", entries)), *data]) == 0
     assert (outs[0] / "metrics.json").stat().st_mtime_ns == before
+    assert metrics_of(tmp_path / "pack2")["spec"]["model"]["depth"] == 3
 
 
 @pytest.mark.parametrize(
