@@ -316,3 +316,19 @@ def test_packing_benchmark_table_on_cpu(monkeypatch: pytest.MonkeyPatch, capsys)
         ["| 2", "graphs"],
     ]
     assert rows[1].split(" | ")[6] == "1.00x" and rows[3].split(" | ")[8] == "1.00"
+
+
+def test_sigterm_stops_a_pack_with_one_line(tmp_path: Path, fake_data_dir: Path) -> None:
+    """SIGTERM (a Slurm time limit) ends train-pack with exit 130 and one line, no metrics."""
+    specs = [write_spec(tmp_path / f"s{k}.yaml", seed=k, train={"epochs": 400}) for k in range(2)]
+    outs = [tmp_path / f"m{k}" for k in range(2)]
+    manifest = write_manifest(tmp_path / "m.json", list(zip(specs, outs, strict=True)))
+    proc = run_pack_cli(manifest, fake_data_dir)
+    deadline = time.monotonic() + 120
+    while not (outs[0] / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "run the same command again to resume" in err.decode().splitlines()[-1]
+    assert not any((out / "metrics.json").exists() for out in outs)
