@@ -8,10 +8,14 @@ from torch import Tensor, nn
 
 
 class Backprop:
-    """Softmax cross-entropy on ``net.feedforward``; FA swaps fixed matrices into the backward."""
+    """Softmax cross-entropy on ``net.feedforward``; FA swaps fixed matrices into the backward.
 
-    def __init__(self, net: nn.Module, feedback_alignment: bool = False) -> None:
-        self.net, self.feedback_alignment = net, feedback_alignment
+    ``forward_options`` go to ``net.feedforward``: ``feedback_alignment=True`` (FA), or for the
+    conv net ``straight_through=True`` (the hard-sigmoid's derivative taken as 1).
+    """
+
+    def __init__(self, net: nn.Module, **forward_options: bool) -> None:
+        self.net, self.forward_options = net, forward_options
 
     def parameter_groups(self) -> list[list[Tensor]]:
         return self.net.layer_parameters()
@@ -24,7 +28,7 @@ class Backprop:
         for p in self.net.parameters():
             p.grad = None
         with torch.enable_grad():
-            logits = self.net.feedforward(x, feedback_alignment=self.feedback_alignment)
+            logits = self.net.feedforward(x, **self.forward_options)
             loss = F.cross_entropy(logits, y)
             loss.backward()
         return loss.detach(), logits.detach()
