@@ -122,6 +122,16 @@ def fake_data_dir(_fake_data_template: Path, tmp_path_factory: pytest.TempPathFa
     return Path(shutil.copytree(_fake_data_template, tmp_path_factory.mktemp("data") / "data"))
 
 
+@pytest.fixture
+def own_cache_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """A fresh FRERNN_CACHE_DIR for one test, so nothing reaches the user's real cache."""
+    cache_dir = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("FRERNN_CACHE_DIR", str(cache_dir))
+    return cache_dir
+
+
 @pytest.fixture(scope="session")
 def fmnist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real Fashion-MNIST (Debian package dataset-fashion-mnist) imported into a data dir."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -9,11 +10,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_weight
 
-from frernn import data
+from frernn import data, experiments
 from frernn.errors import FrernnError
+from frernn.methods import build_learner
 from frernn.methods.backprop import Backprop
 from frernn.methods.ep_conv import ConvEP
 from frernn.models.conv import ConvFRERNN, fa_conv2d, fa_linear, rho
+from frernn.models.timing import LAGS, TIMINGS, Timing
+from frernn.spec import resolve, run_id
+from frernn.train import make_optimizer
 
 
 def make_net(in_shape=(1, 28, 28), channels=(32, 64), beta=0.01, seed=0, dtype=torch.float32):
@@ -44,7 +49,7 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_geometry_of_channel_lists(in_shape, channels, kernel, states, fc_in):
     net = make_net(in_shape, channels)
     x, y = batch(in_shape, m=3)
-    state = net.relax(net.input_drive(x), net.initial_state(3), 2)
+    state = net.relax(net.input_drive(x), net.initial_state(3), 2).state
     assert [tuple(s.shape[1:]) for s in state] == states
     assert [c.kernel_size for c in net.convs] == [(kernel, kernel)] * len(channels)
     assert net.fc.in_features == fc_in
@@ -95,9 +100,9 @@ def test_relaxation_step_is_spec_formula(in_shape, channels):
             h = conv(h)
             torch.testing.assert_close(z, h, rtol=0, atol=0)
             h = F.max_pool2d(rho(h), 2)
-        state = net.relax(net.input_drive(x), net.initial_state(5), 3)
+        state = net.relax(net.input_drive(x), net.initial_state(5), 3).state
         for tgt, nudge in ((None, 0.0), (target, 2.0)):
-            got = net.relax(net.input_drive(x), state, 1, tgt, nudge)
+            got = net.relax(net.input_drive(x), state, 1, tgt, nudge).state
             for a, b in zip(got, reference_step(net, x, state, tgt, nudge), strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
     assert not torch.equal(got[-1], reference_step(net, x, state)[-1])
@@ -110,10 +115,11 @@ def test_zero_nudge_continues_the_free_trajectory():
     with torch.no_grad():
         drive, start = net.input_drive(x), net.initial_state(len(x))
         free = net.relax(drive, start, 20)
-        onward = net.relax(drive, start, 23)
-        zero_nudge = net.relax(drive, free, 3, target, 0.0)
-        nudged = net.relax(drive, free, 3, target, 0.25)
-        one, two = net.relax(drive, free, 1), net.relax(drive, free, 2)
+        onward = net.relax(drive, start, 23).state
+        zero_nudge = net.relax(drive, free, 3, target, 0.0).state
+        nudged = net.relax(drive, free, 3, target, 0.25).state
+        one, two = net.relax(drive, free, 1).state, net.relax(drive, free, 2).state
+        free = free.state
     for a, b in zip(zero_nudge, onward, strict=True):
         assert torch.equal(a, b)
     # The free phase has settled into a period-2 flicker of max-pool winners (measured: one step
@@ -215,6 +221,197 @@ def test_odd_K_is_warned_about(caplog: pytest.LogCaptureFixture):
         assert not caplog.records
         ConvEP(net, T=20, K=5, nudge=0.25)
     assert "ep.K=5 is odd" in caplog.text
+
+
+def reference_ep(net, x, y, T, K, nudge, lags):
+    """Conv EP with the notebook lags of ``lags``, written out over the list of every state.
+
+    Lag semantics: "previous" is the state one step before the current one; at the very first
+    free step (no earlier state) it is the start itself. Gradients come from autograd.
+    """
+    pad, m = net.padding, len(x)
+
+    def pools(state):
+        return [F.max_pool2d(rho(s), 2, return_indices=True) for s in state]
+
+    def logits(pooled):
+        return net.fc(pooled[-1][0].flatten(1))
+
+    def unpool(values, indices, like):
+        return F.max_unpool2d(values, indices, 2, output_size=like.shape[-2:])
+
+    def step(history, target, beta_f):
+        now = pools(history[-1])
+        before = pools(history[-2]) if len(history) > 1 else now
+        route = before if "index" in lags else now
+        s, new = history[-1], []
+        for i, conv in enumerate(net.convs):
+            h = net.alpha * conv(x if i == 0 else now[i - 1][0])
+            if i + 1 < len(s):
+                fb = F.conv_transpose2d(rho(s[i + 1]), net.convs[i + 1].weight, padding=pad)
+                if "feedback_bias" in lags:
+                    fb = fb + net.feedback_bias(i)[:, None, None]
+                h = h + net.beta * unpool(fb, route[i][1], s[i])
+            elif target is not None:
+                e = target - logits(before if "nudge_logit" in lags else now).softmax(1)
+                top = (e @ net.fc.weight).view_as(now[i][0])
+                h = h + beta_f * unpool(top, route[i][1], s[i])
+            new.append(h)
+        return new
+
+    target = F.one_hot(y, 10).to(x.dtype)
+    with torch.no_grad():
+        history = [net.initial_state(m)]
+        for _ in range(T):
+            history.append(step(history, None, 0.0))
+        free = history[-1]
+        for _ in range(K):
+            history.append(step(history, target, nudge))
+        nudged = history[-1]
+        out = pools(history[T - 1] if "readout" in lags else free)
+    grads = []
+    for i, conv in enumerate(net.convs):
+        delta = (rho(free[i]) - rho(nudged[i])) / m
+        pre = x if i == 0 else out[i - 1][0]
+        grads += torch.autograd.grad(conv(pre), [conv.weight, conv.bias], delta)
+    o = logits(out)
+    grads += torch.autograd.grad(F.cross_entropy(o, y), [net.fc.weight, net.fc.bias])
+    return grads, o.detach()
+
+
+TIMING_CASES = [*(Timing.parse([lag]) for lag in LAGS), *TIMINGS.values()]
+
+
+@pytest.mark.parametrize(("in_shape", "channels"), [((1, 16, 16), [3, 4]), ((3, 8, 8), [3, 4, 5])])
+@pytest.mark.parametrize("timing", TIMING_CASES, ids=lambda t: str(t.spec_value()))
+def test_timing_matches_the_written_out_reference(in_shape, channels, timing):
+    lags = [lag for lag in LAGS if getattr(timing, lag)]
+    gen = torch.Generator().manual_seed(4)
+    net = ConvFRERNN(in_shape, channels, 10, 0.5, generator=gen, timing=timing).double()
+    x, y = batch(in_shape, m=6, dtype=torch.float64)
+    learner = ConvEP(net, T=6, K=4, nudge=0.5)
+    loss, logits = learner.train_step(x, y)
+    got = [p.grad.clone() for p in net.parameters()]
+    want, want_logits = reference_ep(net, x, y, 6, 4, 0.5, lags)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(learner.predict(x), want_logits, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss, F.cross_entropy(want_logits, y), rtol=1e-10, atol=1e-12)
+    if lags:  # the lags change the update: the comparison above could fail
+        plain, _ = reference_ep(net, x, y, 6, 4, 0.5, [])
+        assert max((a - b).abs().max().item() for a, b in zip(got, plain, strict=True)) > 1e-6
+
+
+def test_feedback_bias_is_fixed_default_transpose_init_and_leaves_the_rest_alone():
+    nets = [
+        make_net((3, 8, 8), (3, 4, 5), seed=2),
+        ConvFRERNN(
+            (3, 8, 8),
+            [3, 4, 5],
+            10,
+            0.01,
+            generator=torch.Generator().manual_seed(2),
+            timing=TIMINGS["notebook_table1_mnist"],
+        ),
+    ]
+    plain, biased = nets
+    for a, b in zip(plain.parameters(), biased.parameters(), strict=True):
+        assert torch.equal(a, b)  # drawn last: the trained parameters are those of the plain net
+    assert plain.feedback_bias(0) is None
+    for i, c_out in enumerate((3, 4)):
+        bias, bound = biased.feedback_bias(i), 1 / math.sqrt(c_out * 3 * 3)
+        assert bias.shape == (c_out,) and 0 < bias.abs().max() <= bound
+    assert not any("feedback_bias" in name for name, _ in biased.named_parameters())
+    assert biased.double().feedback_bias(1).dtype == torch.float64  # moves with the net
+
+
+def test_timing_presets_and_their_run_spec_form():
+    assert TIMINGS["notebook_table1_mnist"] == Timing(True, True, False, True)
+    assert TIMINGS["notebook_table2_mnist"] == Timing(True, True, True, False)
+    assert TIMINGS["notebook_table2_cifar10"] == Timing(True, True, False, False)
+    assert Timing.parse(["index", "readout", "nudge_logit"]).spec_value() == "notebook_table2_mnist"
+    assert Timing.parse([]).spec_value() == "corrected"
+    assert Timing.parse(["index"]).spec_value() == ["index"]
+    with pytest.raises(FrernnError, match="unknown lag 'redout'"):
+        Timing.parse(["redout"])
+    conv = {"model": {"kind": "conv"}, "ep": {"nudge_rule": "recompute"}}
+    same = [
+        run_id(experiments.canonical(resolve(conv | {"model": {"kind": "conv", "timing": t}})))
+        for t in ("notebook_table2_cifar10", ["nudge_logit", "readout"])
+    ]
+    assert same[0] == same[1] != run_id(experiments.canonical(resolve(conv)))
+    bp = [
+        {"method": "bp", "model": {"kind": "conv", "timing": t}} for t in ("corrected", ["index"])
+    ]
+    assert len({run_id(experiments.canonical(resolve(s))) for s in bp}) == 1  # BP has no timing
+    with pytest.raises(FrernnError, match="model.timing: only the conv net"):
+        resolve({"model": {"timing": "notebook_table2_mnist"}})
+    with pytest.raises(FrernnError, match="model.timing"):
+        resolve({"model": {"kind": "conv", "timing": "notebook"}})
+    with pytest.raises(FrernnError, match="bp_straight_through needs model.kind: conv"):
+        resolve({"method": "bp_straight_through"})
+
+
+def reference_straight_through(net, x, y):
+    """Table 1's hand-written conv backward: max-pool routing, dρ/dx = 1, CE on the logits."""
+    m, pad, pre, pools = len(x), net.padding, [x], []
+    with torch.no_grad():
+        for conv in net.convs:
+            h = conv(pre[-1])
+            pooled, ind = F.max_pool2d(rho(h), 2, return_indices=True)
+            pools.append((h, ind))
+            pre.append(pooled)
+        top = pre[-1].flatten(1)
+        e = (net.fc(top).softmax(1) - F.one_hot(y, 10).to(x.dtype)) / m
+        grads = [e.t() @ top, e.sum(0)]
+        g = (e @ net.fc.weight).view_as(pre[-1])
+        for i in reversed(range(len(net.convs))):
+            h, ind = pools[i]
+            delta = F.max_unpool2d(g, ind, 2, output_size=h.shape[-2:])  # times dρ/dx = 1
+            conv = net.convs[i]
+            w = conv2d_weight(pre[i], conv.weight.shape, delta, padding=pad)
+            grads = [w, delta.sum((0, 2, 3)), *grads]
+            g = F.conv_transpose2d(delta, conv.weight, padding=pad)
+            g = g[..., : pre[i].shape[-2], : pre[i].shape[-1]]
+    return grads
+
+
+@pytest.mark.parametrize(("in_shape", "channels"), [((1, 16, 16), [3, 4]), ((3, 8, 8), [3, 4, 5])])
+def test_straight_through_bp_is_the_hand_written_backward(in_shape, channels):
+    net = make_net(in_shape, channels, seed=3, dtype=torch.float64)
+    x, y = batch(in_shape, m=7, dtype=torch.float64)
+    x = x * 3 - 1  # drive units beyond [0, 1], where true BP's derivative is 0
+    learner = build_learner(
+        resolve({"method": "bp_straight_through", "model": {"kind": "conv"}}),
+        data.dataset_info("fashion_mnist"),
+        torch.Generator(),
+    )
+    learner.net = net
+    loss, logits = learner.train_step(x, y)
+    torch.testing.assert_close(logits, net.feedforward(x).detach(), rtol=0, atol=0)
+    got = [p.grad.clone() for p in net.parameters()]
+    for a, b in zip(got, reference_straight_through(net, x, y), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    Backprop(net).train_step(x, y)
+    true_bp = [p.grad for p in net.parameters()]
+    torch.testing.assert_close(got[-2:], true_bp[-2:])  # the fc layer sees no activation
+    assert all(cosine(a, b) < 0.999 for a, b in zip(got[:-2], true_bp[:-2], strict=True))
+
+
+def test_per_layer_sgd_rates_map_to_conv1_conv2_fc():
+    net = make_net(channels=(4, 8))
+    groups = net.layer_parameters()
+    opt = make_optimizer({"name": "sgd", "lr": [0.15, 0.35, 0.9], "weight_decay": 0.0}, groups)
+    before = [p.detach().clone() for p in net.parameters()]
+    for p in net.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    rates = [0.15, 0.15, 0.35, 0.35, 0.9, 0.9]  # conv1 w, b; conv2 w, b; fc w, b
+    for p, b, lr in zip(net.parameters(), before, rates, strict=True):
+        torch.testing.assert_close(b - p.detach(), torch.full_like(p, lr))
+    with pytest.raises(FrernnError, match="3 layers"):
+        make_optimizer({"name": "sgd", "lr": [0.1, 0.2], "weight_decay": 0.0}, groups)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

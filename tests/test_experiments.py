@@ -60,18 +60,25 @@ def test_shared_configurations_are_one_run(paper):
     assert len(t_sweep & s1) == 4  # T = 20 = 10 L at L = 2
     depth_sweep = [c.run_id for c in paper.cells["fig6"] if c.row == "depth-sweep"]
     assert depth_sweep == paper.run_ids("tableS1")
-    # Table 2's 5-symm and 10-symm EP on MNIST are Table S1 cells; its conv MNIST rows are Table 1's
+    # Table 2's 5-symm and 10-symm EP on MNIST are Table S1 cells; Table 1's conv runs are its own
     t2 = {(c.row, c.paper_dataset): c.run_id for c in paper.cells["table2"]}
     assert t2["5-symm EP", "mnist"] in s1 and t2["10-symm EP", "mnist"] in s1
     assert paper.runs[t2["5-symm EP", "mnist"]].owner == "table2"
-    assert t2["Conv EP", "mnist"] in paper.run_ids("table1")
+    assert not set(paper.run_ids("table1")) & set(paper.run_ids("table2"))
+    # the corrected conv block reuses Table 2's true-BP runs and nothing else
+    corrected = set(paper.run_ids("conv_corrected"))
+    assert corrected & set(paper.run_ids("table2")) == {
+        t2["Conv BP", "mnist"],
+        t2["Conv BP", "cifar10"],
+    }
+    assert not corrected & set(paper.run_ids("table1"))
     # Fig. 5 keeps its own runs: diagnostics are part of the configuration
     assert not set(paper.run_ids("fig5")) & s1
     # no configuration twice: distinct run ids are distinct resolved specs
     texts = {json.dumps(r.spec, sort_keys=True) for r in paper.runs.values()}
     assert len(texts) == len(paper.runs)
     jobs = {f for t in paper.targets(default_only=True) for f in paper.metrics_files(t)}
-    assert len(jobs) == 5 * len({r for t in paper.targets(True) for r in paper.run_ids(t)}) == 720
+    assert len(jobs) == 5 * len({r for t in paper.targets(True) for r in paper.run_ids(t)}) == 750
 
 
 def test_layered_protocol_of_spec_section_6(paper):
@@ -119,7 +126,24 @@ def test_conv_and_table1_rows(paper):
         "nudge_rule": "recompute",
     }
     assert (mnist["train"]["epochs"], mnist["train"]["batch_size"]) == (40, 128)
+    assert mnist["model"]["timing"] == "notebook_table2_mnist"
+    assert cifar["model"]["timing"] == "notebook_table2_cifar10"
     t1 = {c.row: paper.runs[c.run_id].spec for c in paper.cells["table1"]}
+    conv_ep, conv_bp = t1["Conv EP"], t1["Conv BP"]
+    assert conv_ep["model"]["timing"] == "notebook_table1_mnist" and conv_ep["ep"]["nudge"] == 0.1
+    assert conv_ep["optim"] == {**conv_ep["optim"], "name": "sgd", "lr": [0.15, 0.35, 0.9]}
+    assert conv_bp["method"] == "bp_straight_through"
+    assert conv_bp["optim"] == {**conv_bp["optim"], "lr": [0.001, 0.02, 0.4], "weight_decay": 1e-5}
+    for spec in (conv_ep, conv_bp):
+        assert (spec["train"]["epochs"], spec["train"]["batch_size"]) == (40, 128)
+        assert spec["optim"]["weight_decay"] == 1e-5 and spec["diagnostics"]["alignment"]
+    corrected = {
+        (c.row, c.paper_dataset): paper.runs[c.run_id].spec for c in paper.cells["conv_corrected"]
+    }
+    assert {s["model"]["timing"] for s in corrected.values()} == {"corrected"}
+    assert corrected["Table 1 Conv BP", "mnist"]["method"] == "bp"
+    assert corrected["Table 1 Conv EP", "mnist"]["optim"] == conv_ep["optim"]
+    assert corrected["Table 2 Conv EP", "cifar10"]["optim"] == cifar["optim"]
     dlr = t1["3HL-512 EP-DLR"]
     assert dlr["optim"]["lr"] == [0.002, 0.2, 0.05, 0.01] and dlr["optim"]["name"] == "sgd"
     assert (dlr["ep"]["T"], dlr["ep"]["K"], dlr["train"]["batch_size"]) == (18, 10, 20)

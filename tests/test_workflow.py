@@ -51,16 +51,17 @@ def test_all_holds_every_target_and_trains_nothing_twice(dry_dir):
     proc = snakemake(dry_dir, "--summary", "--config", "device=cpu")
     assert proc.returncode == 0, proc.stderr
     outputs = [line.split("\t")[0] for line in proc.stdout.splitlines()[1:]]
-    expected = ["runs", "table1", "table2", "tableS1", "fig2", "fig3", "fig4", "fig5", "fig6"]
+    expected = ["runs", "table1", "table2", "conv_corrected", "tableS1", "fig2", "fig3", "fig4"]
+    expected += ["fig5", "fig6"]
     assert {f"results/{t}.csv" for t in [*expected, "figS8"]} <= set(outputs)
     assert "results/table1_dlr_intended.csv" not in outputs
     runs = [Path(o).parts for o in outputs if o.endswith("/metrics.json")]
-    assert len(runs) == len(set(runs)) == 720
+    assert len(runs) == len(set(runs)) == 750
     blocks_per_run: dict[str, set[str]] = {}
     for _, _, block, rid, _, _ in runs:
         blocks_per_run.setdefault(rid, set()).add(block)
     assert all(len(b) == 1 for b in blocks_per_run.values())
-    assert len(blocks_per_run) == 144
+    assert len(blocks_per_run) == 150
 
 
 @pytest.mark.parametrize(
@@ -100,7 +101,8 @@ def test_conda_env_pins_match_pyproject():
 @pytest.mark.slow
 def test_smoke_table2_end_to_end(smoke_pipeline):
     table = pd.read_csv(smoke_pipeline / "results/table2.csv")
-    assert list(table.columns) == SUMMARY_COLUMNS and len(table) == 28
+    assert [c for c in table.columns if not c.startswith("align_")] == SUMMARY_COLUMNS
+    assert len(table) == 28
     assert (table["n"] == 2).all() and table["missing"].isna().all()
     assert table["substitute"].all() and (table["scale"] == "smoke").all()
     assert (table["dataset"] == "fashion_mnist").all() and table["paper_test_mean"].isna().all()
@@ -123,3 +125,19 @@ def test_smoke_pipeline_writes_every_table(smoke_pipeline, name):
     assert len(table) > 0
     if "test_best_mean" in table.columns:
         assert table["test_best_mean"].dropna().between(0, 100).all()
+
+
+@pytest.mark.slow
+def test_smoke_conv_rows_carry_alignment_and_the_corrected_block_is_reported(smoke_pipeline):
+    results = smoke_pipeline / "results"
+    table1 = pd.read_csv(results / "table1.csv")
+    conv = table1[table1["row"].str.startswith("Conv")]
+    assert list(conv["method"]) == ["EP", "BP (straight-through)"]
+    for phase in ("before", "after"):
+        assert conv[f"align_{phase}_conv1_mean"].between(-1, 1).all()
+        assert conv[f"align_{phase}_fc_mean"].between(-1, 1).all()
+    corrected = pd.read_csv(results / "conv_corrected.csv")
+    assert len(corrected) == 6 and (corrected["n"] == 2).all()
+    assert corrected["align_before_conv2_mean"].between(-1, 1).all()
+    page = (results / "report.html").read_text()
+    assert "id='conv_corrected'" in page and "cos(update, BP) at init" in page

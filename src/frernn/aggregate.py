@@ -167,6 +167,23 @@ def _stats(prefix: str, values: list[float]) -> dict[str, float]:
     return {f"{prefix}_mean": mean, f"{prefix}_std": std}
 
 
+def _alignment(results: Results, rid: str, seeds: list[int]) -> dict[str, float]:
+    """``align_<before|after>_<layer>_{mean,std}`` over the seeds' alignment.json, if measured."""
+    if not results.plan.runs[rid].spec["diagnostics"]["alignment"]:
+        return {}
+    values: dict[str, list[float]] = {}
+    for seed in seeds:
+        path = results.path(rid, seed, "alignment.json")
+        if not path.exists():
+            raise FrernnError(f"{path} is missing: was the run trained with diagnostics.alignment?")
+        measured = json.loads(path.read_text())
+        for phase in ("before", "after"):
+            for layer, cosine in (measured.get(phase) or {}).items():
+                if cosine is not None:
+                    values.setdefault(f"align_{phase}_{layer}", []).append(cosine)
+    return {k: v for key, vals in values.items() for k, v in _stats(key, vals).items()}
+
+
 def _cited_rows(paper: pd.DataFrame, block: str, scale: str) -> list[dict[str, Any]]:
     """Rows the paper cites from other work (Table 1's P-EP): paper columns only, n = 0."""
     rows = []
@@ -212,6 +229,7 @@ def summary_table(results: Results, block: str) -> pd.DataFrame:
                 "diverged": sum(bool(m["diverged"]) for m in runs),
                 "wall_seconds_mean": _stat([m["wall_seconds"] for m in runs])[0],
                 **_compare(*test_best, _paper_row(paper, keys)),
+                **_alignment(results, cell.run_id, list(found)),
             }
         )
     if paper is not None and "cited" in paper:

@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from frernn.errors import FrernnError
+from frernn.models.timing import Timing
 from frernn.spec import DEFAULT_SPEC, deep_merge, format_error, resolve, run_id, run_spec_schema
 
 DATASET_SIZES = {  # (train, test, pixels): fixes per-job memory and the cost model
@@ -172,8 +173,9 @@ def canonical(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["method"] != "ep":
         spec["ep"] = copy.deepcopy(DEFAULT_SPEC["ep"])
     if model["kind"] == "conv":
-        keep = ("kind", "channels", "feedback")
+        keep = ("kind", "channels", "feedback") + (("timing",) if spec["method"] == "ep" else ())
         spec["model"] = {k: model[k] if k in keep else v for k, v in defaults.items()}
+        spec["model"]["timing"] = Timing.parse(spec["model"]["timing"]).spec_value()
     else:
         model["channels"] = list(defaults["channels"])
         if model["topology"] != "agt":

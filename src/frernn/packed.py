@@ -27,7 +27,8 @@ from frernn.models.layered_pack import LayeredPack
 from frernn.train import Run, accuracies, load_data
 from frernn.train import _stop as stop_on_signal
 
-# Spec keys in which members of one pack may differ: everything else must be equal.
+# Spec keys in which members of one pack may differ (``diagnostics.*``: every key under it);
+# everything else must be equal.
 PER_RUN_KEYS = (
     "seed",
     "ep.alpha",
@@ -35,9 +36,7 @@ PER_RUN_KEYS = (
     "optim.lr",
     "optim.weight_decay",
     "optim.clip",
-    "diagnostics.dynamics",
-    "diagnostics.trajectory",
-    "diagnostics.samples",
+    "diagnostics.*",
 )
 
 
@@ -54,7 +53,7 @@ def pack_key(spec: dict[str, Any]) -> tuple:
     return tuple(
         (key, json.dumps(value, sort_keys=True))
         for key, value in sorted(flat.items())
-        if key not in PER_RUN_KEYS
+        if key not in PER_RUN_KEYS and not key.startswith("diagnostics.")
     )
 
 
@@ -92,7 +91,7 @@ class PackedTraining:
                 packed = LayeredEP(pack, first.T, first.K, first.nudge, first.rule)
                 packed.cuda_graphs = first.cuda_graphs
             else:
-                packed = Backprop(pack, first.feedback_alignment)
+                packed = Backprop(pack, **first.forward_options)
             self._learner = key, packed
         return self._learner[1]
 

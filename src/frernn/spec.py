@@ -26,6 +26,7 @@ DEFAULT_SPEC: dict[str, Any] = {
         "feedback": "symmetric",
         "agt_p": 0.2,
         "channels": [32, 64],
+        "timing": "corrected",
     },
     "ep": {"T": 20, "K": 10, "alpha": 1.0, "beta": 0.01, "nudge": 0.1, "nudge_rule": "fixed"},
     "optim": {"name": "adam", "lr": 1.0e-3, "weight_decay": 0.0, "schedule": "none", "clip": None},
@@ -37,7 +38,7 @@ DEFAULT_SPEC: dict[str, Any] = {
         "normalize": False,
         "train_acc": "running",
     },
-    "diagnostics": {"dynamics": False, "trajectory": False, "samples": 500},
+    "diagnostics": {"dynamics": False, "trajectory": False, "samples": 500, "alignment": False},
     "scale": "custom",
     "seed": 0,
 }
@@ -116,6 +117,10 @@ def _combination_problem(spec: dict[str, Any]) -> str | None:
     if model["kind"] == "layered":
         if method == "fa" and model["feedback"] != "asymmetric":
             return "model.feedback: method fa needs model.feedback: asymmetric"
+        if model["timing"] not in ("corrected", []):
+            return "model.timing: only the conv net has notebook timings"
+        if method == "bp_straight_through":
+            return "method: bp_straight_through needs model.kind: conv"
         return None
     if model["topology"] != "chain":
         return "model.topology: the conv net supports only chain"

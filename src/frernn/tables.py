@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,8 @@ SUMMARY_COLUMNS = ("row", "method", "dataset", "n", "diverged", *STATS)
 MATCH_CSS = "background-color: #d9efe6"  # within 2 sd of the published value (bluish green tint)
 MISMATCH_CSS = "background-color: #f9dcc4; font-weight: bold"  # outside: vermillion tint
 DIVERGED_CSS = "color: #D55E00; font-weight: bold"
+ALIGNMENT_COLUMN = re.compile(r"^align_(before|after)_(\w+)_mean$")
+ALIGNMENT_FIELDS = {"before": "cos(update, BP) at init", "after": "cos(update, BP) trained"}
 
 
 def read_csv(
@@ -103,6 +106,24 @@ def fmt_diff(value: float) -> str:
     return "" if pd.isna(value) else f"{value:+.2f}"
 
 
+def _layer_order(name: str) -> tuple[bool, int]:
+    """conv1, conv2, …, then the readout (fc / readout)."""
+    digits = re.sub(r"\D", "", name)
+    return (not digits, int(digits or 0))
+
+
+def fmt_alignment(row: pd.Series, phase: str) -> str:
+    """``conv1 0.214 ± 0.050 · conv2 0.991 ± 0.002 · fc 1.000 ± 0.000`` for one phase."""
+    layers = [m[2] for c in row.index if (m := ALIGNMENT_COLUMN.match(c)) and m[1] == phase]
+    parts = []
+    for layer in sorted(layers, key=_layer_order):
+        mean = _value(row, f"align_{phase}_{layer}_mean")
+        std = _value(row, f"align_{phase}_{layer}_std")
+        if not pd.isna(mean):
+            parts.append(f"{layer} {mean:.3f}" + ("" if pd.isna(std) else f" ± {std:.3f}"))
+    return " · ".join(parts)
+
+
 def _value(row: pd.Series, column: str) -> float:
     """A numeric cell, NaN when the column is absent or empty."""
     return pd.to_numeric(row.get(column, math.nan), errors="coerce")
@@ -127,6 +148,8 @@ def _cells(row: pd.Series) -> tuple[dict[str, str], dict[str, str]]:
     }
     if "paper_wall_seconds" in row.index:
         text["published wall clock"] = fmt_duration(_value(row, "paper_wall_seconds"))
+    if any(ALIGNMENT_COLUMN.match(c) for c in row.index):
+        text |= {field: fmt_alignment(row, phase) for phase, field in ALIGNMENT_FIELDS.items()}
     css = dict.fromkeys(text, "")
     if text["Δ"]:
         css["Δ"] = MATCH_CSS if is_true(row.get("within_2sd")) else MISMATCH_CSS

@@ -284,6 +284,12 @@ class Run:
             )
         if diag["trajectory"]:
             self.write_trajectory()
+        if diag["alignment"]:
+            from frernn.alignment import measure
+
+            diverged = metrics["diverged_epoch"] is not None
+            alignment = measure(self.spec, self.data, self.learner, diverged)
+            atomic_write_json(self.dir.out / "alignment.json", alignment)
         self.dir.finish(metrics, self.weights())
         return metrics
 

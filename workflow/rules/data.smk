@@ -1,5 +1,7 @@
 # One local job per dataset: `frernn data fetch` (Debian files, else a checksummed download),
-# or `frernn data import` from the directory config["data_sources"] names for it.
+# or `frernn data import` from the directory config["data_sources"] names for it. Either also
+# verifies the files and builds the decoded-tensor cache (beside them, or in $FRERNN_CACHE_DIR
+# when the data directory is read-only), so the training jobs that follow only read it.
 
 
 localrules:

@@ -5,6 +5,9 @@ from pathlib import Path
 
 NOTEBOOK_TABLES = ["table1", "table2", "tableS1"]
 NOTEBOOK_FIGURES = ["fig2", "fig3", "fig4", "fig5", "fig6", "figS8"]
+REPORT_EXTRA_TABLES = [
+    t for t in ["conv_corrected"] if t in PLAN.targets(default_only=True)
+]
 NOTEBOOK_KERNEL = "results/notebooks/.kernel"
 NOTEBOOK_PARAMS = (
     f"-p scale={config.get('scale', 'paper')}"
@@ -97,7 +100,10 @@ rule figure_notebook:
 rule report:
     input:
         runs="results/runs.csv",
-        csvs=expand("results/{name}.csv", name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES),
+        csvs=expand(
+            "results/{name}.csv",
+            name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES + REPORT_EXTRA_TABLES,
+        ),
         notebooks=expand(
             "results/notebooks/{name}.html", name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES
         ),

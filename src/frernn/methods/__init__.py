@@ -34,6 +34,7 @@ def build_net(spec: dict[str, Any], info: DatasetInfo, generator: torch.Generato
     model, ep = spec["model"], spec["ep"]
     if model["kind"] == "conv":
         from frernn.models.conv import ConvFRERNN
+        from frernn.models.timing import Timing
 
         return ConvFRERNN(
             info.shape,
@@ -42,6 +43,7 @@ def build_net(spec: dict[str, Any], info: DatasetInfo, generator: torch.Generato
             beta=ep["beta"],
             alpha=ep["alpha"],
             generator=generator,
+            timing=Timing.parse(model["timing"]),
         )
     graph = LayerGraph.build(model["topology"], model["depth"], model["agt_p"], generator)
     in_features = info.shape[0] * info.shape[1] * info.shape[2]
@@ -63,6 +65,8 @@ def build_learner(spec: dict[str, Any], info: DatasetInfo, generator: torch.Gene
     method, ep = spec["method"], spec["ep"]
     if method in ("bp", "fa"):
         return Backprop(net, feedback_alignment=method == "fa")
+    if method == "bp_straight_through":
+        return Backprop(net, straight_through=True)
     if spec["model"]["kind"] == "conv":
         from frernn.methods.ep_conv import ConvEP
 

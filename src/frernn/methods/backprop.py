@@ -12,11 +12,13 @@ from frernn.models.layered_pack import LayeredPack
 class Backprop:
     """Softmax cross-entropy on ``net.feedforward``; FA swaps fixed matrices into the backward.
 
-    For a ``LayeredPack`` the batches are ``(R, m, ...)`` and the loss is one mean per member.
+    ``forward_options`` go to ``net.feedforward``: ``feedback_alignment=True`` (FA), or for the
+    conv net ``straight_through=True`` (the hard-sigmoid's derivative taken as 1). For a
+    ``LayeredPack`` the batches are ``(R, m, ...)`` and the loss is one mean per member.
     """
 
-    def __init__(self, net: nn.Module, feedback_alignment: bool = False) -> None:
-        self.net, self.feedback_alignment = net, feedback_alignment
+    def __init__(self, net: nn.Module, **forward_options: bool) -> None:
+        self.net, self.forward_options = net, forward_options
 
     def parameter_groups(self) -> list[list[Tensor]]:
         return self.net.layer_parameters()
@@ -29,7 +31,7 @@ class Backprop:
         for p in self.net.parameters():
             p.grad = None
         with torch.enable_grad():
-            logits = self.net.feedforward(x, feedback_alignment=self.feedback_alignment)
+            logits = self.net.feedforward(x, **self.forward_options)
             losses = F.cross_entropy(logits.flatten(0, -2), y.flatten(), reduction="none")
             loss = losses.view(y.shape).mean(-1)
             loss.sum().backward()

@@ -15,7 +15,11 @@ log = logging.getLogger(__name__)
 
 
 class ConvEP:
-    """Learner: T free steps, K nudged steps, δ_l = (ρ(x_l^free) − ρ(x_l^nudged)) / m."""
+    """Learner: T free steps, K nudged steps, δ_l = (ρ(x_l^free) − ρ(x_l^nudged)) / m.
+
+    The net's timing decides which pools the fc gradient, the logits and the pre-synaptic
+    inputs of the conv updates come from (``ConvFRERNN.output_pools``).
+    """
 
     def __init__(self, net: ConvFRERNN, T: int, K: int, nudge: float) -> None:
         self.net, self.T, self.K, self.nudge = net, T, K, float(nudge)
@@ -39,9 +43,9 @@ class ConvEP:
         free = net.relax(drive, net.initial_state(m), self.T)
         target = F.one_hot(y, net.fc.out_features).to(drive.dtype)
         nudged = net.relax(drive, free, self.K, target, self.nudge)
-        pooled = net.pooled(free)
+        pooled = net.output_pools(free)
         for conv, before, x_free, x_nudged in zip(
-            net.convs, [x, *pooled[:-1]], free, nudged, strict=True
+            net.convs, [x, *pooled[:-1]], free.state, nudged.state, strict=True
         ):
             delta = (rho(x_free) - rho(x_nudged)) / m
             conv.weight.grad = conv2d_weight(before, conv.weight.shape, delta, padding=net.padding)
@@ -55,6 +59,7 @@ class ConvEP:
 
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
-        """Logits after the free phase (T steps)."""
+        """Logits after the free phase (T steps; with the readout lag, T − 1)."""
         net = self.net
-        return net.readout(net.relax(net.input_drive(x), net.initial_state(len(x)), self.T))
+        free = net.relax(net.input_drive(x), net.initial_state(len(x)), self.T)
+        return net.fc(net.output_pools(free)[-1].flatten(1))
