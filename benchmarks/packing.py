@@ -22,12 +22,11 @@ import math
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import yaml
-from engine import peak_memory, sync, synthetic
+from engine import peak_memory, synthetic, timed
 
 from frernn import data as datasets
 from frernn import spec as run_spec
@@ -77,14 +76,6 @@ def paper_hours(device: torch.device) -> float:
     estimate = gpu_seconds if device.type == "cuda" else cpu_seconds
     specs = [{**plan.run(rid).spec, "seed": s} for rid in plan.run_ids("runs") for s in plan.seeds]
     return sum(estimate(run_spec.resolve(s)) for s in specs) / 3600
-
-
-def timed(fn, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
 
 
 class Setup:

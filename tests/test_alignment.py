@@ -133,7 +133,10 @@ CONV_CONFIG = {
         "table1": {
             "base": {"dataset": "mnist", "diagnostics": {"alignment": True}},
             "rows": [
-                {"label": "Conv EP", "spec": {"model": {"kind": "conv"}}},
+                {
+                    "label": "Conv EP",
+                    "spec": {"model": {"kind": "conv"}, "ep": {"nudge_rule": "recompute"}},
+                },
                 {"label": "2HL-512 EP", "spec": {"diagnostics": {"alignment": False}}},
             ],
         }

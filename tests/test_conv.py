@@ -335,7 +335,7 @@ def test_timing_presets_and_their_run_spec_form():
     assert Timing.parse(["index"]).spec_value() == ["index"]
     with pytest.raises(FrernnError, match="unknown lag 'redout'"):
         Timing.parse(["redout"])
-    conv = {"model": {"kind": "conv"}}
+    conv = {"model": {"kind": "conv"}, "ep": {"nudge_rule": "recompute"}}
     same = [
         run_id(experiments.canonical(resolve(conv | {"model": {"kind": "conv", "timing": t}})))
         for t in ("notebook_table2_cifar10", ["nudge_logit", "readout"])

@@ -78,8 +78,11 @@ def test_train_pack_writes_what_train_writes_and_skips_finished(
     assert sorted(p.name for p in outs[1].iterdir()) == sorted(p.name for p in alone.iterdir())
     assert without_timings(metrics_of(outs[1])) == without_timings(metrics_of(alone))
     before = (outs[0] / "metrics.json").stat().st_mtime_ns
-    assert main(["train-pack", str(manifest), *data]) == 0
+    other = write_spec(tmp_path / "s2.yaml", model={"depth": 3})  # another pack key
+    entries = [*zip(specs, outs, strict=True), (other, tmp_path / "pack2")]
+    assert main(["train-pack", str(write_manifest(tmp_path / "m2.json", entries)), *data]) == 0
     assert (outs[0] / "metrics.json").stat().st_mtime_ns == before
+    assert metrics_of(tmp_path / "pack2")["spec"]["model"]["depth"] == 3
 
 
 @pytest.mark.parametrize(
@@ -126,7 +129,10 @@ def float64(monkeypatch: pytest.MonkeyPatch):
 
 
 CASES = {
-    "chain-ep-fixed": {"ep": {"nudge_rule": "fixed"}},
+    "chain-ep-fixed": {
+        "ep": {"nudge_rule": "fixed"},
+        "diagnostics": {"dynamics": True, "trajectory": True, "samples": 10},
+    },
     "one-layer-ep-recompute": {"model": {"depth": 1}, "ep": {"nudge_rule": "recompute"}},
     "residual-ep-accumulate": {
         "model": {"depth": 4, "topology": "residual"},
@@ -136,7 +142,7 @@ CASES = {
         "model": {"depth": 4, "topology": "agt", "agt_p": 0.5, "feedback": "asymmetric"},
         "ep": {"nudge_rule": "accumulate"},
     },
-    "chain-bp": {"method": "bp"},
+    "chain-bp": {"method": "bp", "train": {"train_acc": "eval"}},
     "residual-fa": {
         "method": "fa",
         "model": {"depth": 4, "topology": "residual", "feedback": "asymmetric"},
@@ -162,10 +168,10 @@ def test_packed_members_equal_the_same_runs_alone(tmp_path: Path, fake_data_dir:
     from frernn.packed import train_pack
     from frernn.train import train
 
-    specs = [
-        run_spec.resolve(run_spec.deep_merge(run_spec.deep_merge(TINY, CASES[case]), m))
-        for m in MEMBERS
-    ]
+    shared = run_spec.deep_merge(TINY, CASES[case])
+    diagnostics = shared.pop("diagnostics", None)  # per-run: given to the first member only
+    members = [{**MEMBERS[0], "diagnostics": diagnostics or {}}, *MEMBERS[1:]]
+    specs = [run_spec.resolve(run_spec.deep_merge(shared, m)) for m in members]
     assert len({pack_key(s) for s in specs}) == 1
     packed = train_pack(
         [(s, tmp_path / f"pack{k}") for k, s in enumerate(specs)], fake_data_dir, "cpu"
@@ -184,6 +190,13 @@ def test_packed_members_equal_the_same_runs_alone(tmp_path: Path, fake_data_dir:
         assert sorted(p.name for p in (tmp_path / f"pack{k}").iterdir()) == sorted(
             p.name for p in (tmp_path / f"alone{k}").iterdir()
         )
+        if (tmp_path / f"alone{k}" / "dynamics.json").exists():
+            got, want = (
+                json.loads((tmp_path / f"{w}{k}" / "dynamics.json").read_text())
+                for w in ("pack", "alone")
+            )
+            for phase in ("before", "after"):
+                assert got[phase] == pytest.approx(want[phase], rel=1e-9, nan_ok=True)
 
 
 def run_pack_cli(manifest: Path, data_dir: Path) -> subprocess.Popen:
@@ -303,3 +316,19 @@ def test_packing_benchmark_table_on_cpu(monkeypatch: pytest.MonkeyPatch, capsys)
         ["| 2", "graphs"],
     ]
     assert rows[1].split(" | ")[6] == "1.00x" and rows[3].split(" | ")[8] == "1.00"
+
+
+def test_sigterm_stops_a_pack_with_one_line(tmp_path: Path, fake_data_dir: Path) -> None:
+    """SIGTERM (a Slurm time limit) ends train-pack with exit 130 and one line, no metrics."""
+    specs = [write_spec(tmp_path / f"s{k}.yaml", seed=k, train={"epochs": 400}) for k in range(2)]
+    outs = [tmp_path / f"m{k}" for k in range(2)]
+    manifest = write_manifest(tmp_path / "m.json", list(zip(specs, outs, strict=True)))
+    proc = run_pack_cli(manifest, fake_data_dir)
+    deadline = time.monotonic() + 120
+    while not (outs[0] / "checkpoint.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "run the same command again to resume" in err.decode().splitlines()[-1]
+    assert not any((out / "metrics.json").exists() for out in outs)

@@ -386,18 +386,20 @@ def test_checkpoint_of_another_frernn_version_is_discarded(tmp_path, fmnist_dir,
     assert re.search(r"discarding checkpoint .* \(frernn: '0.0.1' -> '[^']+'\)", caplog.text)
 
 
-def test_ctrl_c_is_one_line_and_rerun_resumes(tmp_path, fmnist_dir):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_is_one_line_and_rerun_resumes(tmp_path, fmnist_dir, stop):
     spec = write_spec(tmp_path / "spec.yaml", train={"epochs": 4, "train_subset": 3000})
     out = tmp_path / "run"
     interrupted = run_cli(spec, out, fmnist_dir)
     wait_for(out / "checkpoint.pt", interrupted)
-    os.kill(interrupted.pid, signal.SIGINT)
+    os.kill(interrupted.pid, stop)
     _, err = interrupted.communicate()
     err = err.decode()
     assert interrupted.returncode == 130, err
     assert "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith("frernn: training stopped") and "run the same command again" in last
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
     resumed = run_cli(spec, out, fmnist_dir)
     _, err = resumed.communicate()
     assert resumed.returncode == 0 and b"resuming" in err

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +25,10 @@ from frernn.methods.ep import LayeredEP
 from frernn.models.layered import LayeredFRERNN
 from frernn.models.layered_pack import LayeredPack
 from frernn.train import Run, accuracies, load_data
+from frernn.train import _stop as stop_on_signal
 
-# Spec keys in which members of one pack may differ: everything else must be equal.
+# Spec keys in which members of one pack may differ (``diagnostics.*``: every key under it);
+# everything else must be equal.
 PER_RUN_KEYS = (
     "seed",
     "ep.alpha",
@@ -32,9 +36,7 @@ PER_RUN_KEYS = (
     "optim.lr",
     "optim.weight_decay",
     "optim.clip",
-    "diagnostics.dynamics",
-    "diagnostics.trajectory",
-    "diagnostics.samples",
+    "diagnostics.*",
 )
 
 
@@ -51,7 +53,7 @@ def pack_key(spec: dict[str, Any]) -> tuple:
     return tuple(
         (key, json.dumps(value, sort_keys=True))
         for key, value in sorted(flat.items())
-        if key not in PER_RUN_KEYS
+        if key not in PER_RUN_KEYS and not key.startswith("diagnostics.")
     )
 
 
@@ -89,7 +91,7 @@ class PackedTraining:
                 packed = LayeredEP(pack, first.T, first.K, first.nudge, first.rule)
                 packed.cuda_graphs = first.cuda_graphs
             else:
-                packed = Backprop(pack, first.feedback_alignment)
+                packed = Backprop(pack, **first.forward_options)
             self._learner = key, packed
         return self._learner[1]
 
@@ -194,9 +196,20 @@ def read_manifest(path: Path) -> list[tuple[dict[str, Any], Path]]:
 
 def _command(args: argparse.Namespace) -> int:
     members = read_manifest(args.manifest)
+    if args.threads < 0:
+        raise FrernnError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = train_pack(members, args.data_dir, args.device)
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    try:
+        results = train_pack(members, args.data_dir, args.device)
+    except KeyboardInterrupt:
+        print(
+            f"frernn: training stopped (interrupted); run the same command again to resume "
+            f"every unfinished run of {args.manifest} from its last finished epoch",
+            file=sys.stderr,
+        )
+        return 130
     for (spec, out), m in zip(members, results, strict=True):
         print(
             f"{out}: {run_spec.run_id(spec)} seed {spec['seed']}: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -286,7 +287,7 @@ class Run:
         if diag["alignment"]:
             from frernn.alignment import measure
 
-            diverged = bool(metrics["diverged_epoch"])
+            diverged = metrics["diverged_epoch"] is not None
             alignment = measure(self.spec, self.data, self.learner, diverged)
             atomic_write_json(self.dir.out / "alignment.json", alignment)
         self.dir.finish(metrics, self.weights())
@@ -316,6 +317,11 @@ def train(spec: dict[str, Any], out: Path, data_dir: Path, device: str = "auto")
         return Run(spec, out, data_dir, torch.device(name)).execute()
 
 
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM (Slurm's time limit or preemption, a cancelled job) stops training as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
 def _command(args: argparse.Namespace) -> int:
     if args.spec is None and not args.print_spec:
         raise FrernnError("frernn train needs a SPEC file (or --print-spec to see the defaults)")
@@ -332,6 +338,7 @@ def _command(args: argparse.Namespace) -> int:
         raise FrernnError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         metrics = train(spec, args.out, args.data_dir, args.device)
     except KeyboardInterrupt:

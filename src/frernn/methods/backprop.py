@@ -13,7 +13,8 @@ class Backprop:
     """Softmax cross-entropy on ``net.feedforward``; FA swaps fixed matrices into the backward.
 
     ``forward_options`` go to ``net.feedforward``: ``feedback_alignment=True`` (FA), or for the
-    conv net ``straight_through=True`` (the hard-sigmoid's derivative taken as 1).
+    conv net ``straight_through=True`` (the hard-sigmoid's derivative taken as 1). For a
+    ``LayeredPack`` the batches are ``(R, m, ...)`` and the loss is one mean per member.
     """
 
     def __init__(self, net: nn.Module, **forward_options: bool) -> None:
