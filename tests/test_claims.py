@@ -160,7 +160,10 @@ PIPELINE = {
             "base": [CHAIN, {"ep": {"beta": 0.1}}],
             "datasets": ["mnist"],
             "rows": [
-                {"label": "10-asymm FA", "spec": {"method": "fa", "model": {"depth": 10}}},
+                {
+                    "label": "10-asymm FA",
+                    "spec": {"method": "fa", "model": {"depth": 10, "feedback": "asymmetric"}},
+                },
                 {
                     "label": "10-asymm EP-AGT (P=0.2)",
                     "method": "EP-AGT",
