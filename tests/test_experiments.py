@@ -239,7 +239,7 @@ def test_thin_keeps_evenly_spaced_points_with_both_ends():
 
 @pytest.mark.parametrize("mode", ["seeds", "shape"])
 def test_packs_cover_every_run_once_and_share_a_pack_key(paper, mode):
-    from frernn.packed import pack_key
+    from frernn.spec import pack_key
 
     packs = paper.packs(mode)
     packed = [rid for pack in packs for rid in pack.run_ids]

@@ -22,7 +22,7 @@ from frernn.methods.ep import LayeredEP
 from frernn.models.graph import LayerGraph
 from frernn.models.layered import LayeredFRERNN
 from frernn.models.layered_pack import LayeredPack
-from frernn.packed import pack_key
+from frernn.spec import pack_key
 
 TINY = {
     "dataset": "mnist",

@@ -100,14 +100,14 @@ class Plan:
         """The packed jobs of ``mode`` (none | seeds | shape), over every configured run.
 
         ``seeds``: each configuration with all its seeds; ``shape``: all configurations sharing
-        a ``frernn.packed.pack_key`` (runs of the default target and the others apart). A "pack"
+        a ``frernn.spec.pack_key`` (runs of the default target and the others apart). A "pack"
         of one (configuration, seed) stays a plain job. The packs cover every run once whatever
         the target, so each metrics.json has one job (asking for one target trains the whole
         packs its runs are in).
         """
         if mode == "none":
             return []
-        from frernn.packed import pack_key
+        from frernn.spec import pack_key
 
         default = set(self.run_ids("runs"))
         groups: dict[Any, list[str]] = {}

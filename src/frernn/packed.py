@@ -24,37 +24,9 @@ from frernn.methods.backprop import Backprop
 from frernn.methods.ep import LayeredEP
 from frernn.models.layered import LayeredFRERNN
 from frernn.models.layered_pack import LayeredPack
+from frernn.spec import pack_key
 from frernn.train import Run, accuracies, load_data
 from frernn.train import _stop as stop_on_signal
-
-# Spec keys in which members of one pack may differ (``diagnostics.*``: every key under it);
-# everything else must be equal.
-PER_RUN_KEYS = (
-    "seed",
-    "ep.alpha",
-    "ep.beta",
-    "optim.lr",
-    "optim.weight_decay",
-    "optim.clip",
-    "diagnostics.*",
-)
-
-
-def pack_key(spec: dict[str, Any]) -> tuple:
-    """Hashable key: runs with equal keys can be trained as one batched pack.
-
-    It holds every resolved spec value except ``PER_RUN_KEYS`` (seed, alpha, beta, learning
-    rate, weight decay, clipping, diagnostics), so dataset, method, model (kind, depth, width,
-    topology, feedback, AGT p, channels), T, K, nudge strength and rule, optimiser name and
-    schedule, epochs, batch size, subsets, normalisation and scale are shared. Feedback
-    matrices and AGT edges are drawn per seed and may differ.
-    """
-    flat = run_spec._flat(spec)  # the dotted leaves, as the checkpoint identity compares
-    return tuple(
-        (key, json.dumps(value, sort_keys=True))
-        for key, value in sorted(flat.items())
-        if key not in PER_RUN_KEYS and not key.startswith("diagnostics.")
-    )
 
 
 def group_by_key(members: list[tuple[dict[str, Any], Path]]) -> list[list[int]]:
