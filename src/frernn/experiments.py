@@ -166,7 +166,10 @@ def canonical(spec: dict[str, Any]) -> dict[str, Any]:
     """Reset keys a run ignores to their defaults, so equal runs get equal run ids."""
     spec = _floats(spec, run_spec_schema())
     model, defaults = spec["model"], DEFAULT_SPEC["model"]
-    if spec["method"] != "ep":
+    if spec["method"] == "pep":  # P-EP reads T, K and its beta (ep.nudge) only
+        kept = {k: spec["ep"][k] for k in ("T", "K", "nudge")}
+        spec["ep"] = {**copy.deepcopy(DEFAULT_SPEC["ep"]), **kept}
+    elif spec["method"] != "ep":
         spec["ep"] = copy.deepcopy(DEFAULT_SPEC["ep"])
     if model["kind"] == "conv":
         keep = ("kind", "channels", "feedback")

@@ -100,6 +100,22 @@ def validate(spec: dict[str, Any]) -> None:
     diagnostics = spec["diagnostics"]
     if spec["model"]["kind"] == "conv" and (diagnostics["dynamics"] or diagnostics["trajectory"]):
         raise FrernnError("invalid run spec: diagnostics: dynamics apply to layered nets only")
+    if spec["method"] == "pep":
+        validate_pep(spec)
+
+
+def validate_pep(spec: dict[str, Any]) -> None:
+    """What a P-EP run cannot have: a graph other than the chain, asymmetric feedback,
+    dynamics diagnostics (defined for the FRE-RNN), a zero nudge (its update divides by it)."""
+    model, diagnostics = spec["model"], spec["diagnostics"]
+    if model["kind"] == "layered" and model["topology"] != "chain":
+        raise FrernnError("invalid run spec: model.topology: method pep supports only chain")
+    if model["feedback"] != "symmetric":
+        raise FrernnError("invalid run spec: model.feedback: method pep has tied weights")
+    if diagnostics["dynamics"] or diagnostics["trajectory"]:
+        raise FrernnError("invalid run spec: diagnostics: not available for method pep")
+    if spec["ep"]["nudge"] <= 0:
+        raise FrernnError("invalid run spec: ep.nudge: method pep needs a positive nudge (beta)")
 
 
 def resolve(spec: dict[str, Any] | None = None, overrides: list[str] = ()) -> dict[str, Any]:
@@ -148,4 +164,6 @@ def run_id(spec: dict[str, Any]) -> str:
     parts = [spec["dataset"], spec["method"], arch]
     if spec["method"] == "ep":
         parts += [f"a{_fmt(ep['alpha'])}", f"b{_fmt(ep['beta'])}", f"T{ep['T']}K{ep['K']}"]
+    elif spec["method"] == "pep":
+        parts += [f"b{_fmt(ep['nudge'])}", f"T{ep['T']}K{ep['K']}"]
     return "-".join(parts + [config_hash(spec)])

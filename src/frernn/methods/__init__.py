@@ -60,7 +60,9 @@ def build_net(spec: dict[str, Any], info: DatasetInfo, generator: torch.Generato
     )
 
 
-def build_pep_net(model: dict[str, Any], info: DatasetInfo, generator: torch.Generator) -> nn.Module:
+def build_pep_net(
+    model: dict[str, Any], info: DatasetInfo, generator: torch.Generator
+) -> nn.Module:
     """The P-EP net (output layer inside the dynamics) of a ``method: pep`` spec."""
     from frernn.models.pep import ConvPEPNet, PEPNet
 
