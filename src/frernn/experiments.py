@@ -21,6 +21,11 @@ DATASET_SIZES = {  # (train, test, pixels): fixes per-job memory and the cost mo
 }
 
 
+RELAXED = ("ep", "pep")  # methods that relax T + K steps per training sample
+PEP_SMALL_BATCH = 32
+PEP_CPU_FACTORS = {"layered": (2.1, 1.5), "conv": (1.0, 1.0)}  # (batch <= 32, larger)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One configuration as a target shows it: a table row x dataset column x grid point."""
@@ -310,12 +315,21 @@ def gpu_seconds(spec: dict[str, Any]) -> float:
     else:
         step = 0.152e-3 * (model["width"] / 64) ** 0.75 * (batch / 500) ** 0.2
         forward = 1.5e-3 * model["depth"]
-    if spec["method"] == "ep":
+    if spec["method"] in RELAXED:  # P-EP: FRE-RNN's step cost (unmeasured on a GPU here)
         per_train, per_test = (ep["T"] + ep["K"]) * step + 1.84e-3, ep["T"] * step
     else:
         per_train, per_test = forward, forward / 3
     batches = math.ceil(n_train / batch), math.ceil(n_test / batch)
     return spec["train"]["epochs"] * (batches[0] * per_train + batches[1] * per_test)
+
+
+def pep_cpu_factor(spec: dict[str, Any]) -> float:
+    """P-EP's CPU time per sample and relaxation step over FRE-RNN EP's on the same layers
+    (benchmarks/pep.py): every layer is updated at every step, the output layer too, and small
+    batches use the cores less well."""
+    small = spec["train"]["batch_size"] <= PEP_SMALL_BATCH
+    factors = PEP_CPU_FACTORS[spec["model"]["kind"]]
+    return factors[0] if small else factors[1]
 
 
 def cpu_seconds(spec: dict[str, Any]) -> float:
@@ -327,7 +341,9 @@ def cpu_seconds(spec: dict[str, Any]) -> float:
         unit = 250e-6 * layers
     else:
         unit = 1.2e-6 * model["depth"] * (model["width"] / 64) ** 1.5
-    if spec["method"] == "ep":
+    if spec["method"] == "pep":
+        unit *= pep_cpu_factor(spec)
+    if spec["method"] in RELAXED:
         work = n_train * (ep["T"] + ep["K"]) + n_test * ep["T"]
     else:
         work = 3 * n_train + n_test

@@ -76,7 +76,38 @@ class GraphedCall:
         return graph.replay, static_in, static_out
 
 
-class LayeredEP:
+class GraphedLearner:
+    """A learner whose ``_update(x, y)`` and ``_predict(x)`` run as captured CUDA graphs on a GPU
+    (``cuda_graphs``; FRERNN_CUDA_GRAPHS=0 turns capture off) and eagerly on CPU."""
+
+    cuda_graphs: bool
+    _graphed: dict[str, GraphedCall]
+
+    def _update(self, x: Tensor, y: Tensor) -> Sequence[Tensor]: ...
+
+    def _predict(self, x: Tensor) -> Sequence[Tensor]: ...
+
+    def graph_calls(self, capture: bool) -> None:
+        """Route train_step and predict through GraphedCall (capturing only when ``capture``)."""
+        self._graphed = {
+            name: GraphedCall(fn, capture)
+            for name, fn in (("train", self._update), ("predict", self._predict))
+        }
+
+    def _run(self, name: str, fn: Callable[..., Sequence[Tensor]], *inputs: Tensor):
+        """``fn(*inputs)``: eagerly, or through the CUDA graph of this input shape."""
+        if not self._graphed and self.cuda_graphs and inputs[0].is_cuda:
+            self.graph_calls(capture=True)
+        graphed = self._graphed.get(name)
+        return graphed(*inputs) if graphed is not None else fn(*inputs)
+
+
+def graphs_enabled(requested: bool | None) -> bool:
+    """CUDA-graph capture unless turned off by argument or FRERNN_CUDA_GRAPHS=0."""
+    return os.environ.get(GRAPHS_ENV, "1") != "0" if requested is None else requested
+
+
+class LayeredEP(GraphedLearner):
     """Free phase (T steps from zero), nudged phase (K steps), contrastive updates into .grad.
 
     On CUDA both the training step and inference run as captured CUDA graphs (fixed T and K
@@ -96,10 +127,8 @@ class LayeredEP:
         if rule not in NUDGE_RULES:
             raise ValueError(f"unknown nudge rule {rule!r}")
         self.net, self.T, self.K, self.nudge, self.rule = net, T, K, nudge, rule
-        if cuda_graphs is None:
-            cuda_graphs = os.environ.get(GRAPHS_ENV, "1") != "0"
-        self.cuda_graphs = cuda_graphs
-        self._graphed: dict[str, GraphedCall] = {}
+        self.cuda_graphs = graphs_enabled(cuda_graphs)
+        self._graphed = {}
         edges = net.forward_edges
         self._edge_index = {
             torch.device("cpu"): (
@@ -122,20 +151,6 @@ class LayeredEP:
         for p, g in zip(self._learned(), grads, strict=True):
             p.grad = g
         return loss, logits
-
-    def graph_calls(self, capture: bool) -> None:
-        """Route train_step and predict through GraphedCall (capturing only when ``capture``)."""
-        self._graphed = {
-            name: GraphedCall(fn, capture)
-            for name, fn in (("train", self._update), ("predict", self._predict))
-        }
-
-    def _run(self, name: str, fn: Callable[..., Sequence[Tensor]], *inputs: Tensor):
-        """``fn(*inputs)``: eagerly, or through the CUDA graph of this input shape."""
-        if not self._graphed and self.cuda_graphs and inputs[0].is_cuda:
-            self.graph_calls(capture=True)
-        graphed = self._graphed.get(name)
-        return graphed(*inputs) if graphed is not None else fn(*inputs)
 
     def _learned(self) -> list[Tensor]:
         """Learned parameters in the order of ``_update``'s gradients."""

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from frernn.methods.ep import GRAPHS_ENV, GraphedCall
+from frernn.methods.ep import GraphedLearner, graphs_enabled
 from frernn.models.pep import ConvPEPNet, PEPNet
 
 
-class PrototypicalEP:
+class PrototypicalEP(GraphedLearner):
     """Learner for PEPNet / ConvPEPNet: T free steps from zero, K nudged steps, then
     ``.grad = -(1/(beta m)) (dPhi/dtheta(nudged) - dPhi/dtheta(free))``, so that plain SGD with
     per-layer rates applies the published update.
@@ -21,10 +19,17 @@ class PrototypicalEP:
     batch shape); FRERNN_CUDA_GRAPHS=0 turns that off.
     """
 
-    def __init__(self, net: PEPNet | ConvPEPNet, T: int, K: int, beta: float) -> None:
+    def __init__(
+        self,
+        net: PEPNet | ConvPEPNet,
+        T: int,
+        K: int,
+        beta: float,
+        cuda_graphs: bool | None = None,
+    ) -> None:
         self.net, self.T, self.K, self.beta = net, T, K, float(beta)
-        self.cuda_graphs = os.environ.get(GRAPHS_ENV, "1") != "0"
-        self._graphed: dict[str, GraphedCall] = {}
+        self.cuda_graphs = graphs_enabled(cuda_graphs)
+        self._graphed = {}
 
     def parameter_groups(self) -> list[list[Tensor]]:
         return self.net.layer_parameters()
@@ -32,24 +37,16 @@ class PrototypicalEP:
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
         """Output state after the free phase (its argmax is the prediction)."""
-        return self._call("predict", self._predict, x)[0]
+        return self._run("predict", self._predict, x)[0]
 
     @torch.no_grad()
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Write the P-EP update into every ``.grad``; return (free-phase MSE, free output)."""
-        loss, out, *grads = self._call("train", self._update, x, y)
+        loss, out, *grads = self._run("train", self._update, x, y)
         params = [p for group in self.net.layer_parameters() for p in group]
         for p, g in zip(params, grads, strict=True):
             p.grad = g
         return loss, out
-
-    def _call(self, name: str, fn, *inputs: Tensor) -> list[Tensor]:
-        """``fn(*inputs)``, through a CUDA graph per input shape on a GPU."""
-        if self.cuda_graphs and inputs[0].is_cuda:
-            if name not in self._graphed:
-                self._graphed[name] = GraphedCall(fn, capture=True)
-            return self._graphed[name](*inputs)
-        return fn(*inputs)
 
     def _predict(self, x: Tensor) -> tuple[Tensor]:
         return (self.net.free_phase(x, self.T)[-1],)
