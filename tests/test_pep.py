@@ -114,7 +114,7 @@ P2H = {
     "optim": {"name": "sgd", "lr": [0.2, 0.05, 0.005]},
     "train": {"epochs": 2, "batch_size": 20, "train_subset": 600, "test_subset": 200},
 }
-P2H_MEASURED = 64.0  # best test % of this spec measured here (Fashion-MNIST subset, seed 0)
+P2H_MEASURED = 66.0  # best test % of this spec measured here (Fashion-MNIST subset, seed 0)
 
 
 def train(spec: Path, out: Path, data_dir: Path, *extra: str) -> int:

@@ -167,6 +167,18 @@ def _stats(prefix: str, values: list[float]) -> dict[str, float]:
     return {f"{prefix}_mean": mean, f"{prefix}_std": std}
 
 
+def _timing(spec: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per epoch (mean over seeds), relaxation steps per training sample and devices."""
+    relaxed = spec["method"] in experiments.RELAXED
+    return {
+        "epoch_seconds_mean": _stat([m["wall_seconds"] / max(len(m["epochs"]), 1) for m in runs])[
+            0
+        ],
+        "steps_per_sample": spec["ep"]["T"] + spec["ep"]["K"] if relaxed else math.nan,
+        "devices": ";".join(sorted({str(m["device"]) for m in runs})),
+    }
+
+
 def _cited_rows(paper: pd.DataFrame, block: str, scale: str) -> list[dict[str, Any]]:
     """Rows the paper cites from other work (Table 1's P-EP): paper columns only, n = 0."""
     rows = []
@@ -211,6 +223,7 @@ def summary_table(results: Results, block: str) -> pd.DataFrame:
                 **_stats("train_best", [m["train_acc_best"] for m in runs]),
                 "diverged": sum(bool(m["diverged"]) for m in runs),
                 "wall_seconds_mean": _stat([m["wall_seconds"] for m in runs])[0],
+                **_timing(plan.runs[cell.run_id].spec, runs),
                 **_compare(*test_best, _paper_row(paper, keys)),
             }
         )

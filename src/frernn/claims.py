@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from frernn import speed
 from frernn.tables import paper_dataset
 
 HOLDS = "holds"
@@ -17,8 +18,6 @@ FAILS = "does not hold"
 NOT_COMPARABLE = "not comparable at this scale"
 SCALE_RANK = {"smoke": 0, "quick": 1, "paper": 2}
 MATCH_POINTS = 0.5  # "≈": within this many points, or 2 combined std if larger
-PEP_STEPS = {"2hl": 120, "3hl": 200, "conv": 210}  # relaxation steps per sample of P-EP (SPEC §7)
-SPEEDUP = 10.0
 
 Tables = dict[str, pd.DataFrame]
 
@@ -198,26 +197,9 @@ def ten_steps_suffice(tables: Tables) -> tuple[bool, str]:
 
 
 def faster_than_pep(tables: Tables) -> tuple[bool, str]:
-    """Table 1: the cited P-EP wall clock is ≥10× ours for the matching EP row (2HL, 3HL, conv)."""
-    df = _table(tables, "table1")
-    if "paper_wall_seconds" not in df.columns:
-        raise NotComparable("table1.csv has no published wall clock (paper_wall_seconds)")
-    methods = df["method"].map(_slug)
-    cited = df[methods.str.startswith("p-ep")]
-    ours = df[methods == "ep"]
-    notes, ok = [], True
-    for _, pep in cited.iterrows():
-        family = _slug(pep["row"]).split("-")[0]
-        match = ours[ours["row"].map(_slug).str.startswith(family)]
-        if match.empty or pd.isna(pep["paper_wall_seconds"]):
-            continue
-        ratio = float(pep["paper_wall_seconds"]) / float(match["wall_seconds_mean"].iloc[0])
-        ok &= ratio >= SPEEDUP
-        steps = f", P-EP {PEP_STEPS[family]} relaxation steps/sample" if family in PEP_STEPS else ""
-        notes.append(f"{family}: P-EP/ours wall clock {ratio:.1f}×{steps}")
-    if not notes:
-        raise NotComparable("no cited P-EP row matches an EP row of table1")
-    return ok, "; ".join(notes) + " (ours on this machine vs the published P-EP times)"
+    """Table 1: per family, P-EP over FRE-RNN EP, by wall clock where P-EP ran on this machine
+    (``table1_pep``), else by relaxation steps per sample (frernn.speed)."""
+    return speed.verdict(speed.comparison(tables.get("table1"), tables.get("table1_pep")))
 
 
 CLAIMS: tuple[tuple[str, str, str, Callable[[Tables], tuple[bool, str]]], ...] = (
