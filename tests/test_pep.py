@@ -211,3 +211,103 @@ def test_pep_run_id_ignores_fre_rnn_keys():
     }
     assert len(ids) == 1
     assert "-pep-L2-w512-chain-symm-b0.5-T100K20-" in ids.pop()
+
+
+def fake_metrics(spec: dict, epoch_seconds: float, device: str) -> dict:
+    """metrics.json of a finished run whose epochs each took ``epoch_seconds``."""
+    epochs = [
+        {"epoch": e, "loss": 0.1, "train_acc": 90.0, "test_acc": 88.0, "seconds": epoch_seconds}
+        for e in range(1, spec["train"]["epochs"] + 1)
+    ]
+    return {
+        "spec": spec,
+        "dataset": spec["dataset"],
+        "test_acc_best": 88.0,
+        "test_acc_final": 88.0,
+        "train_acc_best": 90.0,
+        "diverged": False,
+        "wall_seconds": epoch_seconds * len(epochs),
+        "device": device,
+        "epochs": epochs,
+    }
+
+
+def smoke_results(root: Path, pep_device: str = "cpu (x86_64, 1 threads)") -> Path:
+    """Contract CSVs at smoke scale, with table1 and table1_pep from the real aggregator over
+    metrics.json files: FRE-RNN EP 2 s per epoch, P-EP 30 s (published protocol), 8 s (matched)."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from contract_csvs import write_results
+
+    from frernn import aggregate
+
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config |= {"scale": "smoke", "dataset_substitute": "fashion_mnist"}
+    p = experiments.build_plan(config)
+    results = write_results(root, scale="smoke", substitute="fashion_mnist")
+    for block in ("table1", "table1_pep"):
+        for cell in p.cells[block]:
+            seconds = 2.0 if block == "table1" else 8.0 if cell.row.endswith("matched") else 30.0
+            device = pep_device if block == "table1_pep" else "cpu (x86_64, 1 threads)"
+            for seed in p.seeds:
+                spec = {**p.runs[cell.run_id].spec, "seed": seed}
+                path = results / p.run_dir(cell.run_id, seed) / "metrics.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(fake_metrics(spec, seconds, device)))
+        aggregate.build(block, p, results).to_csv(results / f"{block}.csv", index=False)
+    return results
+
+
+def test_report_shows_the_same_machine_comparison(tmp_path):
+    """The report's P-EP section from aggregated smoke-scale tables: per family the ratios of
+    time per epoch and per run, steps per sample, and Table 1 with the re-run P-EP rows."""
+    from matplotlib.figure import Figure
+
+    from frernn import claims, figures, report
+
+    results = smoke_results(tmp_path / "results")
+    for name in report.FIGURES:
+        fig = Figure(figsize=(1, 1))
+        fig.subplots().plot([0, 1], [0, 1])
+        figures.save(fig, results / "figures" / f"{name}.pdf", results / "figures" / f"{name}.png")
+    page = report.build(results)
+    section = page[page.index("id='pep-speed'") :]
+    section = section[: section.index("</table>")]
+    assert "P-EP re-run here" in section
+    assert section.count("15.0x") == 6  # 30 s / 2 s, per epoch and per run (1 epoch each)
+    assert section.count("4.0x") == 3  # the protocol-matched P-EP, 8 s / 2 s
+    for steps in ("15 / 120", "28 / 200", "30 / 210"):
+        assert steps in section
+    assert "nan" not in section.lower()
+    table1 = page[page.index("id='table1'") :]
+    assert "2HL-512 P-EP matched" in table1[: table1.index("</table>")]
+    verdict = next(v for v in claims.evaluate(report_frames(results), "paper") if "P-EP" in v.claim)
+    assert verdict.verdict == claims.HOLDS
+    assert "2HL-512: 15.0x by wall clock per run on this machine" in verdict.evidence
+
+
+def report_frames(results: Path) -> dict:
+    from frernn import tables
+
+    return {n: tables.read_csv(results / f"{n}.csv") for n in ("table1", "table1_pep")}
+
+
+def test_unfinished_or_other_machine_pep_falls_back_to_steps(tmp_path):
+    """P-EP timed on another device: no wall-clock ratio ("not comparable", never "nan x"); the
+    verdict is judged on relaxation steps per sample (8x / 7.1x / 7x: does not hold)."""
+    from frernn import speed
+
+    results = smoke_results(tmp_path / "results", pep_device="cuda:0 (NVIDIA H100)")
+    frames = report_frames(results)
+    table = speed.comparison(frames["table1"], frames["table1_pep"])
+    assert not table["same_machine"].any()
+    shown = speed.render(table)
+    assert (shown["ratio / run"] == speed.NOT_COMPARABLE).all()
+    ok, evidence = speed.verdict(table)
+    assert not ok
+    assert "2HL-512: 8.0x by relaxation steps per sample" in evidence
+    assert "3HL-512: 7.1x" in evidence and "Conv: 7.0x" in evidence
+    assert "nan" not in evidence.lower()
+    ok, evidence = speed.verdict(speed.comparison(frames["table1"], None))
+    assert not ok and "P-EP not re-run here" in evidence

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from frernn import claims, figures, notebooks, tables
+from frernn import claims, figures, notebooks, speed, tables
 from frernn.errors import FrernnError
 from frernn.io import atomic_write_text
 
@@ -28,6 +28,7 @@ FIGURES = {
     "bands ±1 std",
     "figS8": "Fig. S8 — test accuracy vs AGT connection probability P (L=10, asymmetric)",
 }
+PEP_TABLE = "table1_pep"  # P-EP re-run (outside the default target): shown when present
 RUN_COLUMNS = (
     "experiment",
     "run_id",
@@ -116,6 +117,32 @@ def _claims_html(verdicts: list[claims.Verdict]) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+def _speed_html(frames: dict[str, pd.DataFrame], scale: str) -> str:
+    """FRE-RNN EP vs P-EP per Table 1 family: time per epoch and per run, steps per sample."""
+    table = speed.comparison(frames.get("table1"), frames.get(PEP_TABLE))
+    if PEP_TABLE in frames:
+        status = (
+            f"P-EP re-run here ({html.escape(PEP_TABLE)}, {html.escape(scale)} scale): ratios are "
+            "P-EP over FRE-RNN EP, wall clock only where both ran on the same device. "
+            "P-EP at its published protocol (SGD, batch 20) and protocol-matched (the FRE-RNN "
+            "row's optimiser and batch size) separate the algorithm from the protocol."
+        )
+    else:
+        status = (
+            "P-EP has not been re-run here (<code>snakemake results/table1_pep.csv</code>; cost "
+            "in README): the same-machine wall clock is not comparable, the verdict falls back "
+            "to relaxation steps per sample."
+        )
+    context = (
+        "Published ratio = P-EP's cited 2019 wall clock over the paper's FRE-RNN time: other "
+        "hardware and batch size, context only."
+    )
+    return (
+        "<h2 id='pep-speed'>FRE-RNN EP vs P-EP on the same machine (Table 1 families)</h2>"
+        f"<p>{status} {context}</p>" + speed.render(table).to_html()
+    )
+
+
 def _link(results: Path, name: str) -> str:
     """A relative link to the executed notebook's HTML, when it exists."""
     page = results / "notebooks" / f"{name}.html"
@@ -138,6 +165,9 @@ def build(results: str | Path) -> str:
         n: tables.read_csv(results / f"{n}.csv", tables.SUMMARY_COLUMNS, scale) for n in TABLES
     }
     frames |= {n: figures.load(n, results / f"{n}.csv", scale) for n in ("fig5", "fig6")}
+    pep_csv = results / f"{PEP_TABLE}.csv"
+    if pep_csv.is_file():
+        frames[PEP_TABLE] = tables.read_csv(pep_csv, tables.SUMMARY_COLUMNS, scale)
     verdicts = claims.evaluate(frames, scale)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -147,6 +177,7 @@ def build(results: str | Path) -> str:
         f"<p class='banner'>{_banner(runs, scale)}</p>",
         "<h2>Claims (SPEC §7)</h2>",
         _claims_html(verdicts),
+        _speed_html(frames, scale),
         "<h2>Compute time per experiment</h2>",
         compute_time(runs).to_html(),
         "<p>Tables: reproduced = best-epoch test % ± std over seeds (train % in brackets), "
@@ -156,7 +187,10 @@ def build(results: str | Path) -> str:
     ]
     for name, caption in TABLES.items():
         parts.append(f"<h2 id='{name}'>{html.escape(caption)}{_link(results, name)}</h2>")
-        parts.append(tables.render(name, frames[name]).to_html())
+        frame = frames[name]
+        if name == "table1" and PEP_TABLE in frames:  # P-EP re-run here, beside the cited rows
+            frame = pd.concat([frame, frames[PEP_TABLE]], ignore_index=True)
+        parts.append(tables.render(name, frame).to_html())
     for name, caption in FIGURES.items():
         image = _image(results / "figures" / f"{name}.png")
         parts.append(
