@@ -16,10 +16,9 @@ import argparse
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from engine import Bench, synthetic, timed
+from engine import Bench, add_common_arguments, setup, timed
 
 from frernn import data as datasets
 from frernn.methods.ep import LayeredEP
@@ -130,23 +129,10 @@ def table(rows: list[Row]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one timed repeat")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
-    parser.add_argument("--data-dir", type=Path, default=datasets.default_data_dir())
-    parser.add_argument(
-        "--synthetic", action="store_true", help="random images instead of Fashion-MNIST"
-    )
+    add_common_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    data = (
-        synthetic(device)
-        if args.synthetic
-        else datasets.load("fashion_mnist", args.data_dir, device)
-    )
+    device, data = setup(args)
     print(
         f"device {device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
         f"load {os.getloadavg()[0]:.1f}",

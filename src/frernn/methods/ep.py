@@ -80,8 +80,17 @@ class GraphedLearner:
     """A learner whose ``_update(x, y)`` and ``_predict(x)`` run as captured CUDA graphs on a GPU
     (``cuda_graphs``; FRERNN_CUDA_GRAPHS=0 turns capture off) and eagerly on CPU."""
 
+    net: torch.nn.Module
     cuda_graphs: bool
     _graphed: dict[str, GraphedCall]
+
+    def parameter_groups(self) -> list[list[Tensor]]:
+        return self.net.layer_parameters()
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Test-time output of the free phase (logits, or P-EP's output state)."""
+        return self._run("predict", self._predict, x)[0]
 
     def _update(self, x: Tensor, y: Tensor) -> Sequence[Tensor]: ...
 
@@ -136,13 +145,6 @@ class LayeredEP(GraphedLearner):
                 torch.tensor([j - 1 for _, j in edges], dtype=torch.long),
             )
         }
-
-    def parameter_groups(self) -> list[list[Tensor]]:
-        return self.net.layer_parameters()
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        return self._run("predict", self._predict, x)[0]
 
     @torch.no_grad()
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

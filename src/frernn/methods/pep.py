@@ -31,14 +31,6 @@ class PrototypicalEP(GraphedLearner):
         self.cuda_graphs = graphs_enabled(cuda_graphs)
         self._graphed = {}
 
-    def parameter_groups(self) -> list[list[Tensor]]:
-        return self.net.layer_parameters()
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """Output state after the free phase (its argmax is the prediction)."""
-        return self._run("predict", self._predict, x)[0]
-
     @torch.no_grad()
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Write the P-EP update into every ``.grad``; return (free-phase MSE, free output)."""
