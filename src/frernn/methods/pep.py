@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from frernn.methods.ep import GraphedLearner, graphs_enabled
@@ -48,7 +47,7 @@ class PrototypicalEP(GraphedLearner):
         net = self.net
         prepared = net.prepare(x)
         free = net.relax(prepared, net.zero_state(x.shape[0]), self.T)
-        target = F.one_hot(y, free[-1].shape[1]).to(free[-1].dtype)
+        target = torch.zeros_like(free[-1]).scatter_(1, y[:, None], 1.0)  # no sync: graph-safe
         nudged = net.relax(prepared, free, self.K, target, self.beta)
         grads = net.contrastive(x, prepared, free, nudged, -1.0 / (self.beta * x.shape[0]))
         loss = mse_loss(free[-1], target)
