@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check of a few minutes: the engine/baseline table on CUDA (depth 2, depth 10,
-# the MNIST conv net), P-EP next to FRE-RNN (2HL, 3HL), then a real 50-epoch depth-2 run (issue 6's target: <= 5 s on one H100).
+# the MNIST conv net), P-EP next to FRE-RNN (2HL, 3HL), then a real 50-epoch depth-2 run
+# (issue 6's target: <= 5 s on one H100).
 # Fashion-MNIST is read from $FRERNN_DATA_DIR (default ./data); without it the table is timed on
 # synthetic images and the 50-epoch run is skipped.
 set -euo pipefail
