@@ -23,7 +23,7 @@ DATASET_SIZES = {  # (train, test, pixels): fixes per-job memory and the cost mo
 
 RELAXED = ("ep", "pep")  # methods that relax T + K steps per training sample
 PEP_SMALL_BATCH = 32
-PEP_CPU_FACTORS = {"layered": (2.1, 1.5), "conv": (0.8, 0.6)}  # (batch <= 32, larger)
+PEP_CPU_FACTORS = {"layered": (2.3, 1.8), "conv": (0.8, 0.6)}  # (batch <= 32, larger)
 
 
 @dataclass(frozen=True)
