@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from frernn import aggregate, stats
+
 NAN = math.nan
 TABLE1 = [  # row, method, ours, published (test, std, train), wall seconds
     ("2HL-512", "EP", 98.1, (98.39, 0.04, 100.0), 76),
@@ -44,12 +46,38 @@ BETAS = (0.001, 0.01, 0.1, 0.25, 1.0, 2.0, 4.0)
 S1_BEST = {2: 0.001, 3: 0.01, 5: 0.1, 10: 0.1}  # best β per depth, as published
 
 
-def _summary(table, row, method, dataset, ours, paper, scale, substitute, **grid) -> dict:
-    """One summary-table row with the contract's columns; paper columns empty when substituted."""
-    test, std, train = paper if paper and not substitute else (NAN, NAN, NAN)
-    diff = ours - test if not math.isnan(test) else NAN
-    label = f"{row} {method}" if table in ("table1", "table2") and method != "P-EP (cited)" else row
+def seeds_of(scale: str) -> int:
+    """Seeds per configuration: the paper's 5 at paper scale, 2 below it."""
+    return stats.PAPER_N if scale == "paper" else 2
+
+
+def spread(mean: float, std: float, n: int) -> list[float]:
+    """``n`` per-seed values with exactly this mean and sample std."""
+    z = np.arange(n) - (n - 1) / 2
+    return list(mean + std * z / z.std(ddof=1))
+
+
+def by_seed(values: list[float]) -> str:
+    """Per-seed values as the aggregation writes them (JSON, null for none)."""
+    return aggregate._by_seed(dict(enumerate(values)))
+
+
+def basis(scale: str, substitute: str) -> dict:
+    """The columns saying what a row stands on, as the aggregation writes them."""
+    paper = scale == "paper"
     return {
+        "paper_scale": paper,
+        "scale_fraction": 1.0 if paper else 0.04,
+        "scale_note": "" if paper else "train.epochs 2 (paper 50)",
+    }
+
+
+def _summary(table, row, method, dataset, ours, paper, scale, substitute, **grid) -> dict:
+    """One summary-table row with the contract's columns (published values always beside)."""
+    test, std, train = paper if paper else (NAN, NAN, NAN)
+    label = f"{row} {method}" if table in ("table1", "table2") and method != "P-EP (cited)" else row
+    n = seeds_of(scale)
+    out = {
         "table": table,
         "row": label + (" (P=0.2)" if method == "EP-AGT" else ""),
         "method": method,
@@ -57,9 +85,10 @@ def _summary(table, row, method, dataset, ours, paper, scale, substitute, **grid
         "paper_dataset": dataset,
         "substitute": bool(substitute),
         "scale": scale,
+        "run_id": f"{table}-{label}-{dataset}",
         **grid,
-        "n": 2,
-        "n_expected": 2,
+        "n": n,
+        "n_expected": n,
         "missing": "",  # names of missing runs (run_id/seed<k>), empty when none
         "test_best_mean": ours,
         "test_best_std": 0.1,
@@ -69,12 +98,15 @@ def _summary(table, row, method, dataset, ours, paper, scale, substitute, **grid
         "train_best_std": 0.05,
         "diverged": 1 if ours < 30 else 0,
         "wall_seconds_mean": 12.0,
-        "paper_test_mean": test,
-        "paper_test_std": std,
-        "paper_train": train,
-        "diff": diff,
-        "within_2sd": "" if math.isnan(diff) else abs(diff) <= 2 * max(std, 0.1),
+        "test_best_seeds": by_seed(spread(ours, 0.1, n)),
+        "train_acc": "running",
+        "shared_with": "",
+        **basis(scale, substitute),
     }
+    reasons = [] if scale == "paper" and not substitute else ["not paper scale"]
+    return out | aggregate._compare(
+        (ours, 0.1, n), {"test_mean": test, "test_std": std, "train": train}, reasons
+    )
 
 
 def _s1_accuracy(depth: int, beta: float) -> float:
@@ -85,13 +117,12 @@ def _s1_accuracy(depth: int, beta: float) -> float:
 def summary_tables(scale: str, substitute: str) -> dict[str, pd.DataFrame]:
     """table1, table2, tableS1, fig4 and figS8 as the aggregation writes them."""
     sub = {"scale": scale, "substitute": substitute}
-    paper_wall = (lambda w: NAN) if substitute else (lambda w: w)
     t1 = [
         _summary("table1", r, m, "mnist", o, p, **sub)
-        | {"wall_seconds_mean": w, "paper_wall_seconds": paper_wall(w)}
+        | {"wall_seconds_mean": w, "paper_wall_seconds": w}
         for r, m, o, p, w in TABLE1
     ]
-    for row, (test, std), wall in [] if substitute else PEP_CITED:
+    for row, (test, std), wall in PEP_CITED:
         cited = _summary("table1", row, "P-EP (cited)", "mnist", NAN, (test, std, NAN), **sub)
         t1.append(
             cited
@@ -100,13 +131,13 @@ def summary_tables(scale: str, substitute: str) -> dict[str, pd.DataFrame]:
                 "test_best_mean": NAN,
                 "test_final_mean": NAN,
                 "diff": NAN,
-                "within_2sd": "",
+                "comparison": "",
                 "wall_seconds_mean": NAN,
-                "paper_wall_seconds": paper_wall(wall),
+                "paper_wall_seconds": wall,
             }
         )
     t2 = [
-        _summary("table2", r, m, d, p - 0.2, (p, 0.2, p + 2), **sub)
+        _summary("table2", r, m, d, p - 0.1, (p, 0.2, p + 2), **sub)
         for r, m, mnist, cifar in TABLE2
         for d, p in (("mnist", mnist), ("cifar10", cifar))
     ]
@@ -154,9 +185,21 @@ def summary_tables(scale: str, substitute: str) -> dict[str, pd.DataFrame]:
     }
 
 
-def figure_data() -> dict[str, pd.DataFrame]:
+def figure_data(scale: str = "quick", substitute: str = "") -> dict[str, pd.DataFrame]:
     """fig2, fig3, fig5 and fig6 data with the contract's columns."""
     rng = np.random.default_rng(0)
+    n = seeds_of(scale)
+    common = {
+        "dataset": substitute or "mnist",
+        "paper_dataset": "mnist",
+        "substitute": bool(substitute),
+        "scale": scale,
+        "n_runs": n,
+        "n_expected": n,
+        "missing": "",
+        "diverged_seeds": "",
+        **basis(scale, substitute),
+    }
     fig2 = [
         {
             "config": c,
@@ -196,18 +239,23 @@ def figure_data() -> dict[str, pd.DataFrame]:
                 }
                 if beta == 4.0:
                     values["conv_time"] = NAN  # nothing converged
-                fig5 += [
-                    {
-                        "feedback": feedback,
-                        "beta": beta,
-                        "phase": phase,
-                        "metric": m,
-                        "mean": v,
-                        "std": 0.05,
-                        "n": 2,
-                    }
-                    for m, v in values.items()
-                ]
+                    values["conv_frac"] = 0.0
+                for m, v in values.items():
+                    seeds = [NAN] * n if math.isnan(v) else spread(v, 0.05, n)
+                    fig5.append(
+                        {
+                            "feedback": feedback,
+                            "beta": beta,
+                            "phase": phase,
+                            "metric": m,
+                            "mean": v,
+                            "std": NAN if math.isnan(v) else 0.05,
+                            "n": 0 if math.isnan(v) else n,
+                            "n_none": n if math.isnan(v) else 0,
+                            "seeds": by_seed(seeds),
+                            **common,
+                        }
+                    )
     fig6 = [
         {
             "panel": "T-sweep",
@@ -216,9 +264,12 @@ def figure_data() -> dict[str, pd.DataFrame]:
             "K": t // 2,
             "beta": b,
             "epoch": e,
-            "test_acc_mean": 90 + e - 2 * b,
+            "test_acc_mean": 90 + e - 2 * b - (20 if b == 4.0 else 0),
             "test_acc_std": 0.3,
-            "n": 2,
+            "n": n,
+            "diverged": 0,
+            "seeds": by_seed(spread(90 + e - 2 * b - (20 if b == 4.0 else 0), 0.3, n)),
+            **common,
         }
         for t in (10, 20, 50, 100)
         for b in (0.01, 0.1, 1.0, 4.0)
@@ -234,7 +285,10 @@ def figure_data() -> dict[str, pd.DataFrame]:
             "epoch": e,
             "test_acc_mean": _s1_accuracy(d, b) - 3 + e,
             "test_acc_std": 0.3,
-            "n": 2,
+            "n": n,
+            "diverged": 0,
+            "seeds": by_seed(spread(_s1_accuracy(d, b) - 3 + e, 0.3, n)),
+            **common,
         }
         for d in S1_BEST
         for b in BETAS
@@ -280,7 +334,7 @@ def runs_table(scale: str, substitute: str) -> pd.DataFrame:
 def write_results(root: Path, scale: str = "quick", substitute: str = "") -> Path:
     """Write every aggregated CSV under ``root`` (a results directory) and return it."""
     root.mkdir(parents=True, exist_ok=True)
-    frames = summary_tables(scale, substitute) | figure_data()
+    frames = summary_tables(scale, substitute) | figure_data(scale, substitute)
     frames["runs"] = runs_table(scale, substitute)
     for name, df in frames.items():
         df.to_csv(root / f"{name}.csv", index=False)

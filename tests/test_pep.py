@@ -282,8 +282,8 @@ def test_report_shows_the_same_machine_comparison(tmp_path):
     assert "nan" not in section.lower()
     table1 = page[page.index("id='table1'") :]
     assert "2HL-512 P-EP matched" in table1[: table1.index("</table>")]
-    verdict = next(v for v in claims.evaluate(report_frames(results), "paper") if "P-EP" in v.claim)
-    assert verdict.verdict == claims.HOLDS
+    verdict = next(v for v in claims.evaluate(report_frames(results)) if "P-EP" in v.claim)
+    assert verdict.verdict == claims.INDICATIVE and verdict.points_to == claims.HOLDS  # smoke
     assert "2HL-512: 15.0x by wall clock per run on this machine" in verdict.evidence
 
 

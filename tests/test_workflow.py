@@ -17,7 +17,9 @@ SUMMARY_COLUMNS = [
     "table", "row", "method", "dataset", "paper_dataset", "substitute", "scale", "run_id",
     "n", "n_expected", "missing", "test_best_mean", "test_best_std", "test_final_mean",
     "test_final_std", "train_best_mean", "train_best_std", "diverged", "wall_seconds_mean",
-    "paper_test_mean", "paper_test_std", "paper_train", "paper_wall_seconds", "diff", "within_2sd",
+    "test_best_seeds", "train_acc", "shared_with", "paper_scale", "scale_fraction", "scale_note",
+    "paper_test_mean", "paper_test_std", "paper_train", "paper_wall_seconds", "diff", "se_diff",
+    "t", "df", "p", "comparison", "comparison_note",
 ]  # fmt: skip
 
 
@@ -103,7 +105,8 @@ def test_smoke_table2_end_to_end(smoke_pipeline):
     assert list(table.columns) == SUMMARY_COLUMNS and len(table) == 28
     assert (table["n"] == 2).all() and table["missing"].isna().all()
     assert table["substitute"].all() and (table["scale"] == "smoke").all()
-    assert (table["dataset"] == "fashion_mnist").all() and table["paper_test_mean"].isna().all()
+    assert (table["dataset"] == "fashion_mnist").all() and table["paper_test_mean"].notna().all()
+    assert (table["comparison"] == "not judged").all() and table["diff"].isna().all()
     assert table["test_best_mean"].between(0, 100).all()
     assert (table["test_best_mean"] >= table["test_final_mean"]).all()
     run = next((smoke_pipeline / "results/runs").glob("table2/*/seed1"))

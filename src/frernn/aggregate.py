@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import logging
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 import yaml
 
-from frernn import experiments
+from frernn import experiments, gating, stats
 from frernn.errors import FrernnError
 from frernn.io import atomic_write
 from frernn.models.graph import LayerGraph
@@ -25,13 +26,39 @@ log = logging.getLogger(__name__)
 
 DYNAMICS_METRICS = ("sr", "ftmle", "mle", "conv_time", "conv_frac")
 PAPER_VALUES = ("test_mean", "test_std", "train", "wall_seconds")
+REFERENCE_SCALE = "paper_reference"  # the config's experiments with no scale overrides
+AGREES, DIFFERS = "agrees", "differs"
+NOT_COMPARABLE, NOT_JUDGED = "not comparable", "not judged"
+AGREE_T = 2.0  # |Welch t| up to this: the reproduced mean agrees with the published one
+
+
+def reference_plan(config: dict[str, Any]) -> experiments.Plan:
+    """The config's experiments at the paper's settings: no scale spec, no thinning."""
+    paper = copy.deepcopy(config)
+    paper["scales"] = {**paper["scales"], REFERENCE_SCALE: {}}
+    paper["scale"] = REFERENCE_SCALE
+    return experiments.build_plan(paper)
+
+
+def _cell_key(cell: experiments.Cell) -> tuple[Any, ...]:
+    return cell.block, cell.row, cell.paper_dataset, cell.grid
 
 
 class Results:
-    """The finished runs of a plan under one results directory (one scale, never mixed)."""
+    """The finished runs of a plan under one results directory (one scale, never mixed).
 
-    def __init__(self, plan: experiments.Plan, root: str | Path) -> None:
-        self.plan, self.root = plan, Path(root)
+    ``reference`` (see :func:`reference_plan`) tells which runs are at paper scale.
+    """
+
+    def __init__(
+        self,
+        plan: experiments.Plan,
+        root: str | Path,
+        reference: experiments.Plan | None = None,
+    ) -> None:
+        self.plan, self.root, self.reference = plan, Path(root), reference
+        cells = reference.cells.values() if reference else []
+        self._paper_cells = {_cell_key(c): c for block in cells for c in block}
 
     def path(self, rid: str, seed: int, name: str) -> Path:
         return self.root / self.plan.run_dir(rid, seed) / name
@@ -66,13 +93,49 @@ class Results:
             log.warning("missing runs (not averaged): %s", ", ".join(missing))
         return found, missing
 
+    def fidelity(self, cell: experiments.Cell) -> dict[str, Any]:
+        """``paper_scale``, ``scale_fraction`` and ``scale_note`` of one cell's run."""
+        paper = self._paper_cells.get(_cell_key(cell))
+        if paper is None:
+            note = "no paper-scale reference" if self.reference is None else "not a paper cell"
+            return {"paper_scale": False, "scale_fraction": math.nan, "scale_note": note}
+        ours, theirs = self.plan.runs[cell.run_id].spec, self.reference.runs[paper.run_id].spec
+        flat_ours, flat_paper = _flatten(ours), _flatten(theirs)
+        notes = [
+            f"{key} {_shown(flat_ours.get(key))} (paper {_shown(flat_paper.get(key))})"
+            for key in sorted(set(flat_ours) | set(flat_paper))
+            if key != "scale" and flat_ours.get(key) != flat_paper.get(key)
+        ]
+        shown, full = len(self.plan.cells[cell.block]), len(self.reference.cells[cell.block])
+        if shown < full:
+            notes.append(f"{shown} of {full} configurations of the sweep")
+        sizes = zip(experiments._sizes(ours)[:2], experiments._sizes(theirs)[:2], strict=True)
+        fractions = [ours["train"]["epochs"] / theirs["train"]["epochs"]]
+        fractions += [a / b for a, b in sizes]
+        return {
+            "paper_scale": not notes,
+            "scale_fraction": min(1.0, *fractions),
+            "scale_note": "; ".join(notes),
+        }
 
-def _stat(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (ddof=1); NaN where undefined."""
-    arr = np.asarray(values, dtype=float)
-    mean = float(arr.mean()) if arr.size else math.nan
-    std = float(arr.std(ddof=1)) if arr.size > 1 else math.nan
-    return mean, std
+
+def _shown(value: Any) -> str:
+    """A spec value as a note shows it (``None`` = the whole dataset / the default)."""
+    return "all" if value is None else str(value)
+
+
+def _finite(value: Any) -> bool:
+    """A finite number (a loss written as NaN, null or inf is not)."""
+    return value is not None and math.isfinite(float(value))
+
+
+def _by_seed(values: dict[int, float | None]) -> str:
+    """Per-seed values as JSON text ``{"0": 97.1, ...}`` (null: no value)."""
+    clean = {
+        str(k): None if v is None or not math.isfinite(v) else round(float(v), 6)
+        for k, v in sorted(values.items())
+    }
+    return json.dumps(clean)
 
 
 def _key(value: Any) -> str:
@@ -152,18 +215,37 @@ def _paper_row(paper: pd.DataFrame | None, keys: dict[str, Any]) -> dict[str, fl
     }
 
 
-def _compare(ours_mean: float, ours_std: float, paper: dict[str, float]) -> dict[str, Any]:
-    """Paper columns, our difference, and |diff| <= 2 x the larger of both std."""
+def _compare(
+    ours: tuple[float, float, int], paper: dict[str, float], basis: list[str]
+) -> dict[str, Any]:
+    """Paper columns beside ours; at paper scale also Welch's test of the two means.
+
+    ``basis``: why our numbers cannot be compared (:func:`frernn.gating.data_reasons`); then the
+    published value is carried without a difference or a verdict.
+    """
     out = {f"paper_{k}": paper.get(k, math.nan) for k in PAPER_VALUES}
-    diff = ours_mean - out["paper_test_mean"]
-    sds = [s for s in (out["paper_test_std"], ours_std) if not math.isnan(s)]
-    within = None if math.isnan(diff) or not sds else bool(abs(diff) <= 2 * max(sds))
-    return {**out, "diff": diff, "within_2sd": within}
+    test = {"se_diff": math.nan, "t": math.nan, "df": math.nan, "p": math.nan}
+    judged = {"diff": math.nan, **test, "comparison": "", "comparison_note": ""}
+    if math.isnan(out["paper_test_mean"]):
+        return {**out, **judged}
+    if basis:
+        return {**out, **judged, "comparison": NOT_JUDGED, "comparison_note": "; ".join(basis)}
+    welch = stats.welch(*ours, out["paper_test_mean"], out["paper_test_std"], stats.PAPER_N)
+    judged["diff"] = ours[0] - out["paper_test_mean"]
+    if welch is None:
+        judged |= {
+            "comparison": NOT_COMPARABLE,
+            "comparison_note": "needs ≥ 2 runs and a std on each side",
+        }
+    else:
+        judged |= {"se_diff": welch.se, "t": welch.t, "df": welch.df, "p": welch.p}
+        judged["comparison"] = AGREES if abs(welch.t) <= AGREE_T else DIFFERS
+    return {**out, **judged}
 
 
 def _stats(prefix: str, values: list[float]) -> dict[str, float]:
     """``{prefix_mean, prefix_std}`` of ``values``."""
-    mean, std = _stat(values)
+    mean, std = stats.mean_std(values)
     return {f"{prefix}_mean": mean, f"{prefix}_std": std}
 
 
@@ -171,9 +253,9 @@ def _timing(spec: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Seconds per epoch (mean over seeds), relaxation steps per training sample and devices."""
     relaxed = spec["method"] in experiments.RELAXED
     return {
-        "epoch_seconds_mean": _stat([m["wall_seconds"] / max(len(m["epochs"]), 1) for m in runs])[
-            0
-        ],
+        "epoch_seconds_mean": stats.mean_std(
+            [m["wall_seconds"] / max(len(m["epochs"]), 1) for m in runs]
+        )[0],
         "steps_per_sample": spec["ep"]["T"] + spec["ep"]["K"] if relaxed else math.nan,
         "devices": ";".join(sorted({str(m["device"]) for m in runs})),
     }
@@ -190,43 +272,61 @@ def _cited_rows(paper: pd.DataFrame, block: str, scale: str) -> list[dict[str, A
     return rows
 
 
+def _shared(plan: experiments.Plan, cell: experiments.Cell) -> str:
+    """Other blocks whose cells use this cell's runs (``;``-separated)."""
+    blocks = (b for b, cells in plan.cells.items() for c in cells if c.run_id == cell.run_id)
+    return ";".join(b for b in dict.fromkeys(blocks) if b != cell.block)
+
+
+def _basis(results: Results, cell: experiments.Cell) -> dict[str, Any]:
+    """Where a row's runs ran: trained and paper dataset, substitution, scale."""
+    plan = results.plan
+    return {
+        "dataset": plan.runs[cell.run_id].spec["dataset"],
+        "paper_dataset": cell.paper_dataset,
+        "substitute": bool(plan.substitute),
+        "scale": plan.scale,
+    }
+
+
 def summary_table(results: Results, block: str) -> pd.DataFrame:
     """One row per configuration: mean/std of best and final accuracy, paper comparison."""
     plan = results.plan
     cells = plan.cells[block]
-    paper = None if plan.substitute else published(block)
+    paper = published(block)
     grid_columns = list(dict.fromkeys(k for c in cells for k, _ in c.grid))
     rows = []
     for cell in cells:
         found, missing = results.seeds(cell.run_id)
         runs = list(found.values())
-        test_best = _stat([m["test_acc_best"] for m in runs])
+        test_best = stats.mean_std([m["test_acc_best"] for m in runs])
         grid = dict(cell.grid)
         keys = {"row": cell.row, "dataset": cell.paper_dataset, **grid}
-        rows.append(
-            {
-                "table": block,
-                "row": cell.row,
-                "method": cell.method,
-                "dataset": plan.runs[cell.run_id].spec["dataset"],
-                "paper_dataset": cell.paper_dataset,
-                "substitute": bool(plan.substitute),
-                "scale": plan.scale,
-                "run_id": cell.run_id,
-                **{c: grid.get(c) for c in grid_columns},
-                "n": len(runs),
-                "n_expected": len(plan.seeds),
-                "missing": ";".join(missing),
-                "test_best_mean": test_best[0],
-                "test_best_std": test_best[1],
-                **_stats("test_final", [m["test_acc_final"] for m in runs]),
-                **_stats("train_best", [m["train_acc_best"] for m in runs]),
-                "diverged": sum(bool(m["diverged"]) for m in runs),
-                "wall_seconds_mean": _stat([m["wall_seconds"] for m in runs])[0],
-                **_timing(plan.runs[cell.run_id].spec, runs),
-                **_compare(*test_best, _paper_row(paper, keys)),
-            }
-        )
+        spec = plan.runs[cell.run_id].spec
+        row = {
+            "table": block,
+            "row": cell.row,
+            "method": cell.method,
+            **_basis(results, cell),
+            "run_id": cell.run_id,
+            **{c: grid.get(c) for c in grid_columns},
+            "n": len(runs),
+            "n_expected": len(plan.seeds),
+            "missing": ";".join(missing),
+            "test_best_mean": test_best[0],
+            "test_best_std": test_best[1],
+            **_stats("test_final", [m["test_acc_final"] for m in runs]),
+            **_stats("train_best", [m["train_acc_best"] for m in runs]),
+            "diverged": sum(bool(m["diverged"]) for m in runs),
+            "wall_seconds_mean": stats.mean_std([m["wall_seconds"] for m in runs])[0],
+            **_timing(spec, runs),
+            "test_best_seeds": _by_seed({s: m["test_acc_best"] for s, m in found.items()}),
+            "train_acc": spec["train"].get("train_acc", "running"),
+            "shared_with": _shared(plan, cell),
+            **results.fidelity(cell),
+        }
+        reasons = gating.data_reasons(pd.DataFrame([row]))
+        rows.append(row | _compare((*test_best, len(runs)), _paper_row(paper, keys), reasons))
     if paper is not None and "cited" in paper:
         rows += _cited_rows(paper, block, plan.scale)
     frame = pd.DataFrame(rows)
@@ -265,50 +365,97 @@ def trajectory_table(results: Results, block: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _seed_basis(results: Results, cell: experiments.Cell, found: dict, missing: list) -> dict:
+    """Columns of a per-configuration figure row saying what its numbers stand on."""
+    return {
+        **_basis(results, cell),
+        "n_runs": len(found),
+        "n_expected": len(results.plan.seeds),
+        "missing": ";".join(missing),
+        "diverged_seeds": ";".join(str(s) for s, m in sorted(found.items()) if m["diverged"]),
+        **results.fidelity(cell),
+    }
+
+
+def _dynamics(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise FrernnError(f"{path} is missing: was the run trained with diagnostics.dynamics?")
+    return json.loads(path.read_text())
+
+
 def dynamics_table(results: Results, block: str) -> pd.DataFrame:
-    """SR, FTMLE, MLE, convergence before/after training and the final test error (Fig. 5)."""
+    """SR, FTMLE, MLE, convergence before/after training and the final test error (Fig. 5).
+
+    Per (phase, metric): mean and std over the seeds that have a value, ``n`` of them, the
+    per-seed values (``seeds``, JSON) and ``n_none``: seeds whose convergence time is missing
+    because none of their samples converged (their ``conv_frac`` is 0), counted, not dropped.
+    """
     rows = []
     for cell in results.plan.cells[block]:
         spec = results.plan.runs[cell.run_id].spec
-        found, _ = results.seeds(cell.run_id)
-        values: dict[tuple[str, str], list[float]] = {}
+        found, missing = results.seeds(cell.run_id)
+        values: dict[tuple[str, str], dict[int, float | None]] = {}
         for seed, metrics in found.items():
-            path = results.path(cell.run_id, seed, "dynamics.json")
-            if not path.exists():
-                raise FrernnError(
-                    f"{path} is missing: was the run trained with diagnostics.dynamics?"
-                )
-            dynamics = json.loads(path.read_text())
+            dynamics = _dynamics(results.path(cell.run_id, seed, "dynamics.json"))
             for phase in ("before", "after"):
                 for metric in DYNAMICS_METRICS:
                     if metric in (dynamics.get(phase) or {}):  # diverged: no "after" values
-                        values.setdefault((phase, metric), []).append(dynamics[phase][metric])
-            values.setdefault(("after", "test_err"), []).append(100 - metrics["test_acc_best"])
+                        values.setdefault((phase, metric), {})[seed] = dynamics[phase][metric]
+            values.setdefault(("after", "test_err"), {})[seed] = 100 - metrics["test_acc_best"]
         head = {"feedback": spec["model"]["feedback"], "beta": spec["ep"]["beta"]}
-        for (phase, metric), vals in values.items():
-            mean, std = _stat(vals)
+        basis = _seed_basis(results, cell, found, missing)
+        for (phase, metric), by_seed in values.items():
+            present = [v for v in by_seed.values() if v is not None and math.isfinite(v)]
+            mean, std = stats.mean_std(present)
             rows.append(
-                {**head, "phase": phase, "metric": metric, "mean": mean, "std": std, "n": len(vals)}
+                {
+                    **head,
+                    "phase": phase,
+                    "metric": metric,
+                    "mean": mean,
+                    "std": std,
+                    "n": len(present),
+                    "n_none": len(by_seed) - len(present),
+                    "seeds": _by_seed(by_seed),
+                    **basis,
+                }
             )
     return pd.DataFrame(rows)
 
 
 def curves_table(results: Results, block: str) -> pd.DataFrame:
-    """Test accuracy per epoch, mean and std over seeds, one panel per row label (Fig. 6)."""
+    """Test accuracy per epoch over seeds, one panel per row label (Fig. 6).
+
+    A run whose loss turned non-finite keeps its last epoch (loss NaN): ``diverged`` counts
+    the seeds that diverged in that epoch; ``seeds`` holds each seed's accuracy (JSON).
+    """
     rows = []
     for cell in results.plan.cells[block]:
         spec = results.plan.runs[cell.run_id].spec
-        found, _ = results.seeds(cell.run_id)
-        per_epoch: dict[int, list[float]] = {}
-        for metrics in found.values():
+        found, missing = results.seeds(cell.run_id)
+        per_epoch: dict[int, dict[int, float]] = {}
+        broke: dict[int, int] = {}
+        for seed, metrics in found.items():
             for epoch in metrics["epochs"]:
-                per_epoch.setdefault(epoch["epoch"], []).append(epoch["test_acc"])
+                per_epoch.setdefault(epoch["epoch"], {})[seed] = epoch["test_acc"]
+                if not _finite(epoch.get("loss")):
+                    broke[epoch["epoch"]] = broke.get(epoch["epoch"], 0) + 1
         head = {"panel": cell.row, "depth": spec["model"]["depth"], "T": spec["ep"]["T"]}
         head |= {"K": spec["ep"]["K"], "beta": spec["ep"]["beta"]}
+        basis = _seed_basis(results, cell, found, missing)
         for epoch, accs in sorted(per_epoch.items()):
-            mean, std = _stat(accs)
+            mean, std = stats.mean_std(list(accs.values()))
             rows.append(
-                {**head, "epoch": epoch, "test_acc_mean": mean, "test_acc_std": std, "n": len(accs)}
+                {
+                    **head,
+                    "epoch": epoch,
+                    "test_acc_mean": mean,
+                    "test_acc_std": std,
+                    "n": len(accs),
+                    "diverged": broke.get(epoch, 0),
+                    "seeds": _by_seed(accs),
+                    **basis,
+                }
             )
     return pd.DataFrame(rows)
 
@@ -346,9 +493,14 @@ WRITERS = {
 }
 
 
-def build(target: str, plan: experiments.Plan, root: str | Path) -> pd.DataFrame:
-    """The frame behind ``results/<target>.csv``."""
-    results = Results(plan, root)
+def build(
+    target: str,
+    plan: experiments.Plan,
+    root: str | Path,
+    reference: experiments.Plan | None = None,
+) -> pd.DataFrame:
+    """The frame behind ``results/<target>.csv`` (``reference``: see :func:`reference_plan`)."""
+    results = Results(plan, root, reference)
     if target == "runs":
         return runs_table(results)
     if target == "fig3":
@@ -369,8 +521,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    plan = experiments.build_plan(load_config(args.config))
-    frame = build(args.target, plan, args.results)
+    config = load_config(args.config)
+    plan = experiments.build_plan(config)
+    frame = build(args.target, plan, args.results, reference_plan(config))
     atomic_write(args.out, lambda tmp: frame.to_csv(tmp, index=False))
     log.info("wrote %s (%d rows)", args.out, len(frame))
     return 0

@@ -199,7 +199,10 @@ def fig5_diagnostics(df: pd.DataFrame) -> Figure:
 
 
 def _curves(ax: Axes, df: pd.DataFrame, by: str, label: Callable[[float], str]) -> None:
-    """Test error vs epoch, one line per value of ``by``, with a ±1 std band over seeds."""
+    """Test error vs epoch, one line per value of ``by``, with a ±1 std band over seeds.
+
+    A seed whose loss became non-finite stays in the mean; its last epoch is marked ×.
+    """
     for k, value in enumerate(_in_order(df[by])):
         sub = df[df[by] == value].sort_values("epoch")
         error = 100 - sub["test_acc_mean"]
@@ -207,6 +210,8 @@ def _curves(ax: Axes, df: pd.DataFrame, by: str, label: Callable[[float], str]) 
         colour = PALETTE[k % len(PALETTE)]
         ax.plot(sub["epoch"], error, color=colour, label=label(value))
         ax.fill_between(sub["epoch"], error - std, error + std, color=colour, alpha=0.2, lw=0)
+        broke = sub["diverged"] > 0 if "diverged" in sub else pd.Series(False, index=sub.index)
+        ax.plot(sub["epoch"][broke], error[broke], "x", color=colour, ms=6, mew=1.5)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test error (%)")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from frernn import claims, figures, notebooks, speed, tables
+from frernn import claims, figures, gating, notebooks, partial, speed, tables
 from frernn.errors import FrernnError
 from frernn.io import atomic_write_text
 
@@ -23,12 +23,15 @@ FIGURES = {
     "fig3": "Fig. 3 — adjacency matrices of the residual net and of one AGT sample",
     "fig4": "Fig. 4 — best-epoch test accuracy over α × β for L = 2, 3, 5",
     "fig5": "Fig. 5 — L=3: test error, spectral radius, FTMLE/MLE and convergence vs β "
-    "(convergence time averages converged samples only; the fraction converged is shown)",
+    "(convergence time: the 1-based step count t at which the state change has stayed below "
+    "1e-6 for 3 steps, averaged over converged samples only — the original code's index is one "
+    "lower; the fraction converged is shown; seeds with no converged sample are counted in "
+    "fig5.csv's n_none)",
     "fig6": "Fig. 6 — test error vs epoch: (a–d) T sweep per β, (e–h) β sweep per depth; "
-    "bands ±1 std",
+    "bands ±1 std; × marks an epoch in which a seed's loss became non-finite (the seed stays "
+    "in the mean)",
     "figS8": "Fig. S8 — test accuracy vs AGT connection probability P (L=10, asymmetric)",
 }
-PEP_TABLE = "table1_pep"  # P-EP re-run (outside the default target): shown when present
 RUN_COLUMNS = (
     "experiment",
     "run_id",
@@ -41,7 +44,29 @@ RUN_COLUMNS = (
     "torch_version",
     "frernn_version",
 )
-VERDICT_COLOURS = {claims.HOLDS: "#009E73", claims.FAILS: "#D55E00", claims.NOT_COMPARABLE: "#777"}
+VERDICT_STYLES = {  # only a verdict at paper scale is coloured; the others are neutral greys
+    claims.HOLDS: "background:#009E73",
+    claims.FAILS: "background:#D55E00",
+    claims.NOT_RESOLVED: "background:#777",
+    claims.NOT_COMPARABLE: "background:#777",
+    claims.INDICATIVE: "background:#eee; color:#333; border:1px dashed #777",
+}
+CLAIMS_LEGEND = (
+    "A claim gets a verdict (coloured green or orange) only when every number it uses "
+    "comes from paper-scale runs (the paper's run spec: epochs, data sizes, every setting) on "
+    "the paper's datasets with every seed finished; <i>not resolved</i>: such data, but the 95 % "
+    "interval (Welch for differences, a bootstrap over seeds for argmax and rank trends) "
+    "straddles the threshold. Otherwise the verdict is <i>indicative</i>: what the data point "
+    "to, and why they cannot judge it. <i>Not comparable</i>: the numbers are absent or "
+    "incommensurable."
+)
+TABLES_LEGEND = (
+    "Tables: reproduced = best-epoch test % ± std over seeds, the paper's statistic; published "
+    "= the paper's mean ± std over 5 runs. Δ = reproduced − published with Welch's t and its "
+    "two-sided p, given only at paper scale on the paper's dataset: green when |t| ≤ 2, "
+    "orange otherwise; 'not comparable' when a side has fewer than 2 runs. Diverged "
+    "= runs whose loss became non-finite or whose final epoch is &gt; 5 points below their best."
+)
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 78rem; margin: 2rem auto; padding: 0 1rem; }
 table { border-collapse: collapse; font-size: 0.85rem; margin: 0.5rem 0 1.5rem; }
@@ -80,8 +105,8 @@ def compute_time(runs: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _banner(runs: pd.DataFrame, scale: str) -> str:
-    """Provenance: scale, datasets and substitution, devices, versions, total compute."""
+def _banner(runs: pd.DataFrame, scale: str, frames: dict[str, pd.DataFrame]) -> str:
+    """Provenance: scale (and what differs from the paper's), data, devices, versions, compute."""
     substitute = tables.substitute_of(runs)
     data = _distinct(runs, "dataset")
     if substitute:
@@ -102,14 +127,17 @@ def _banner(runs: pd.DataFrame, scale: str) -> str:
         "runs": str(len(runs)),
         "total compute": total,
     }
+    shown = [f for f in frames.values() if "paper_scale" in f.columns]
+    below = gating.scale_reason(pd.concat(shown, ignore_index=True)) if shown else None
+    items["scale"] += f" — {html.escape(below)}" if below else " — the paper's run specs"
     return "<br>".join(f"<b>{k}</b>: {v}" for k, v in items.items())
 
 
 def _claims_html(verdicts: list[claims.Verdict]) -> str:
-    """The verdict table, one coloured badge per claim."""
+    """The verdict table, one badge per claim (coloured only where the claim was judged)."""
     rows = "".join(
         f"<tr><td>{html.escape(v.claim)}</td><td>{html.escape(v.source)}</td>"
-        f"<td><span class='verdict' style='background:{VERDICT_COLOURS[v.verdict]}'>"
+        f"<td><span class='verdict' style='{VERDICT_STYLES[v.verdict]}'>"
         f"{html.escape(v.verdict)}</span></td><td>{html.escape(v.evidence)}</td></tr>"
         for v in verdicts
     )
@@ -119,10 +147,10 @@ def _claims_html(verdicts: list[claims.Verdict]) -> str:
 
 def _speed_html(frames: dict[str, pd.DataFrame], scale: str) -> str:
     """FRE-RNN EP vs P-EP per Table 1 family: time per epoch and per run, steps per sample."""
-    table = speed.comparison(frames.get("table1"), frames.get(PEP_TABLE))
-    if PEP_TABLE in frames:
+    table = speed.comparison(frames.get("table1"), frames.get(speed.PEP_TABLE))
+    if speed.PEP_TABLE in frames:
         status = (
-            f"P-EP re-run here ({html.escape(PEP_TABLE)}, {html.escape(scale)} scale): ratios are "
+            f"P-EP re-run here ({speed.PEP_TABLE}, {html.escape(scale)} scale): ratios are "
             "P-EP over FRE-RNN EP, wall clock only where both ran on the same device. "
             "P-EP at its published protocol (SGD, batch 20) and protocol-matched (the FRE-RNN "
             "row's optimiser and batch size) separate the algorithm from the protocol."
@@ -156,43 +184,87 @@ def _image(path: Path) -> str:
     return f"<img src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
 
 
-def build(results: str | Path) -> str:
-    """The report page for the results directory ``results``."""
-    results = Path(results)
-    runs = tables.read_csv(results / "runs.csv", RUN_COLUMNS)
-    scale = scale_of(runs)
-    frames = {
-        n: tables.read_csv(results / f"{n}.csv", tables.SUMMARY_COLUMNS, scale) for n in TABLES
-    }
-    frames |= {n: figures.load(n, results / f"{n}.csv", scale) for n in ("fig5", "fig6")}
-    pep_csv = results / f"{PEP_TABLE}.csv"
-    if pep_csv.is_file():
-        frames[PEP_TABLE] = tables.read_csv(pep_csv, tables.SUMMARY_COLUMNS, scale)
-    verdicts = claims.evaluate(frames, scale)
+def _progress_html(status: pd.DataFrame) -> str:
+    """A partial report's progress: counts, then every failed and unfinished run by name."""
+    counts = status["status"].value_counts()
+    parts = [
+        "<h2 id='progress'>Progress (partial report)</h2>",
+        f"<p class='banner'>{counts.get('finished', 0)} of {len(status)} runs finished, "
+        f"<b>{counts.get('failed', 0)} failed</b>, {counts.get('not finished', 0)} not finished "
+        "(running, queued or not started). Tables average the finished runs only; the strict "
+        "targets stay unbuilt until every run has finished.</p>",
+    ]
+    for state, title in (("failed", "Failed runs"), ("not finished", "Runs not finished")):
+        rows = status[status["status"] == state]
+        if not rows.empty:
+            table = rows[["experiment", "run", "detail"]].to_html(index=False)
+            parts.append(f"<details open><summary>{title} ({len(rows)})</summary>{table}</details>")
+    return "\n".join(parts)
+
+
+def _read_all(results: Path, scale: str, is_partial: bool) -> dict[str, pd.DataFrame]:
+    """The tables and the Fig. 5/6 data; in a partial report an absent CSV is left out."""
+    readers = {n: lambda p: tables.read_csv(p, tables.SUMMARY_COLUMNS, scale) for n in TABLES}
+    readers |= {n: lambda p, n=n: figures.load(n, p, scale) for n in ("fig5", "fig6")}
+    frames = {}
+    for name, read in readers.items():
+        path = results / f"{name}.csv"
+        if is_partial and not path.is_file():
+            continue
+        frames[name] = read(path)
+    return frames
+
+
+def build(results: str | Path, status: pd.DataFrame | None = None) -> str:
+    """The report page for the results directory ``results``.
+
+    ``status`` (:func:`frernn.partial.job_status`) makes it a partial report: tables and figures
+    of experiments with no finished run are noted as such instead of being an error.
+    """
+    results, is_partial = Path(results), status is not None
+    if is_partial and not (results / "runs.csv").is_file():
+        scale, runs = str(status["scale"].iloc[0]), None
+    else:
+        runs = tables.read_csv(results / "runs.csv", RUN_COLUMNS)
+        scale = scale_of(runs)
+    frames = _read_all(results, scale, is_partial)
+    pep_csv = results / f"{speed.PEP_TABLE}.csv"
+    if pep_csv.is_file():  # P-EP re-run (outside the default target): shown once it exists
+        frames[speed.PEP_TABLE] = tables.read_csv(pep_csv, tables.SUMMARY_COLUMNS, scale)
+    verdicts = claims.evaluate(frames)
+    title = "reproduction report" + (" (partial)" if is_partial else "")
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>FRE-RNN reproduction ({html.escape(scale)})</title>",
+        f"<title>FRE-RNN {title} ({html.escape(scale)})</title>",
         f"<style>{CSS}</style></head><body>",
-        "<h1>Toward Practical Equilibrium Propagation (FRE-RNN): reproduction report</h1>",
-        f"<p class='banner'>{_banner(runs, scale)}</p>",
-        "<h2>Claims (SPEC §7)</h2>",
-        _claims_html(verdicts),
-        _speed_html(frames, scale),
-        "<h2>Compute time per experiment</h2>",
-        compute_time(runs).to_html(),
-        "<p>Tables: reproduced = best-epoch test % ± std over seeds (train % in brackets), "
-        "the paper's statistic; Δ = reproduced − published, shaded green within 2 std, "
-        "orange outside; diverged = runs with a non-finite loss or a final epoch &gt;5 points "
-        "below their best.</p>",
+        f"<h1>Toward Practical Equilibrium Propagation (FRE-RNN): {title}</h1>",
     ]
+    if runs is not None:
+        parts.append(f"<p class='banner'>{_banner(runs, scale, frames)}</p>")
+    if is_partial:
+        parts.append(_progress_html(status))
+    parts += ["<h2>Claims</h2>", f"<p>{CLAIMS_LEGEND}</p>", _claims_html(verdicts)]
+    parts.append(_speed_html(frames, scale))
+    if runs is not None:
+        parts += ["<h2>Compute time per experiment</h2>", compute_time(runs).to_html()]
+    parts.append(f"<p>{TABLES_LEGEND}</p>")
     for name, caption in TABLES.items():
         parts.append(f"<h2 id='{name}'>{html.escape(caption)}{_link(results, name)}</h2>")
-        frame = frames[name]
-        if name == "table1" and PEP_TABLE in frames:  # P-EP re-run here, beside the cited rows
-            frame = pd.concat([frame, frames[PEP_TABLE]], ignore_index=True)
-        parts.append(tables.render(name, frame).to_html())
+        frame = frames.get(name)
+        if frame is not None and name == "table1" and speed.PEP_TABLE in frames:
+            frame = pd.concat([frame, frames[speed.PEP_TABLE]], ignore_index=True)  # P-EP re-run
+        if frame is not None:
+            parts.append(f"<p>{html.escape(tables.train_accuracy_note(frame))}.</p>")
+            parts.append(tables.render(name, frame).to_html())
+        else:
+            parts.append("<p>No finished run yet.</p>")
     for name, caption in FIGURES.items():
-        image = _image(results / "figures" / f"{name}.png")
+        png = results / "figures" / f"{name}.png"
+        image = (
+            "<p>Not drawn: no finished run yet.</p>"
+            if is_partial and not png.is_file()
+            else (_image(png))
+        )
         parts.append(
             f"<figure id='{name}'>{image}<figcaption>{html.escape(caption)}"
             f"{_link(results, name)}</figcaption></figure>"
@@ -243,6 +315,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--kernel-prefix", type=Path, help="where `report kernel` installed it")
     run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE")
     run.set_defaults(func=_cmd_notebook)
+    partial.register(commands)
     kernel = commands.add_parser("kernel", help="install the kernelspec 'frernn' for this Python")
     kernel.add_argument("--prefix", type=Path, required=True)
     kernel.set_defaults(func=_cmd_kernel)

@@ -17,6 +17,7 @@ FAMILIES = {  # family: (FRE-RNN EP row, P-EP at its published protocol, P-EP pr
 PAPER_STEPS = {"2HL-512": (15, 120), "3HL-512": (28, 200), "Conv": (30, 210)}  # (EP, P-EP)
 PAPER_WALL = {"2HL-512": (76, 6960), "3HL-512": (131, 30420), "Conv": (748, 32280)}  # seconds
 NOT_COMPARABLE = "not comparable"
+PEP_TABLE = "table1_pep"  # the P-EP re-run block (outside the default target)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,21 @@ def verdict(table: pd.DataFrame) -> tuple[bool, str]:
             "other hardware and batch size, context only)"
         )
     return ok, "; ".join(notes)
+
+
+def basis_rows(
+    table1: pd.DataFrame | None, table1_pep: pd.DataFrame | None, table: pd.DataFrame
+) -> list[pd.DataFrame]:
+    """The summary rows each family's verdict rests on: the FRE-RNN EP row (its steps), and the
+    P-EP row where the wall clock is compared."""
+    rows = []
+    for _, family in table.iterrows():
+        ep_row, pep_row, _ = FAMILIES[family["family"]]
+        if table1 is not None and "row" in table1:
+            rows.append(table1[table1["row"] == ep_row])
+        if family["same_machine"]:
+            rows.append(table1_pep[table1_pep["row"] == pep_row])
+    return [r for r in rows if not r.empty]
 
 
 def render(table: pd.DataFrame) -> pd.DataFrame:

@@ -16,8 +16,13 @@ PAPER_DATASETS = ("mnist", "cifar10")
 LABELS = {"depth": "L", "beta": "β", "alpha": "α", "agt_p": "P"}
 STATS = ("test_best_mean", "test_best_std", "test_final_mean", "test_final_std", "train_best_mean")
 SUMMARY_COLUMNS = ("row", "method", "dataset", "n", "diverged", *STATS)
-MATCH_CSS = "background-color: #d9efe6"  # within 2 sd of the published value (bluish green tint)
-MISMATCH_CSS = "background-color: #f9dcc4; font-weight: bold"  # outside: vermillion tint
+MATCH_CSS = "background-color: #d9efe6"  # agrees with the published value (bluish green tint)
+MISMATCH_CSS = "background-color: #f9dcc4; font-weight: bold"  # differs: vermillion tint
+COMPARISON_CSS = {"agrees": MATCH_CSS, "differs": MISMATCH_CSS}
+TRAIN_ACCURACY = {
+    "running": "running accuracy over the epoch's training batches, while the weights change",
+    "eval": "an evaluation pass over the whole training set after each epoch",
+}
 DIVERGED_CSS = "color: #D55E00; font-weight: bold"
 
 
@@ -103,6 +108,15 @@ def fmt_diff(value: float) -> str:
     return "" if pd.isna(value) else f"{value:+.2f}"
 
 
+def fmt_comparison(row: pd.Series) -> str:
+    """``+0.36 (t = +0.62, p = 0.60)`` where the row was compared, else its status."""
+    status = str(row.get("comparison", "") or "")
+    if status in COMPARISON_CSS:
+        t, p = _value(row, "t"), _value(row, "p")
+        return f"{fmt_diff(_value(row, 'diff'))} (t = {t:+.2f}, p = {p:.2g})"
+    return "" if status in ("", "nan", "not judged") else status
+
+
 def _value(row: pd.Series, column: str) -> float:
     """A numeric cell, NaN when the column is absent or empty."""
     return pd.to_numeric(row.get(column, math.nan), errors="coerce")
@@ -120,7 +134,7 @@ def _cells(row: pd.Series) -> tuple[dict[str, str], dict[str, str]]:
             _value(row, "paper_test_std"),
             _value(row, "paper_train"),
         ),
-        "Δ": fmt_diff(_value(row, "diff")),
+        "Δ": fmt_comparison(row),
         "n": "" if pd.isna(n) else f"{n:.0f}" + ("" if pd.isna(expected) else f"/{expected:.0f}"),
         "diverged": "" if pd.isna(diverged) else f"{diverged:.0f}",
         "wall clock": fmt_duration(_value(row, "wall_seconds_mean")),
@@ -128,8 +142,11 @@ def _cells(row: pd.Series) -> tuple[dict[str, str], dict[str, str]]:
     if "paper_wall_seconds" in row.index:
         text["published wall clock"] = fmt_duration(_value(row, "paper_wall_seconds"))
     css = dict.fromkeys(text, "")
-    if text["Δ"]:
-        css["Δ"] = MATCH_CSS if is_true(row.get("within_2sd")) else MISMATCH_CSS
+    css["Δ"] = COMPARISON_CSS.get(str(row.get("comparison", "")), "")
+    shared = row.get("shared_with", "")
+    if isinstance(shared, str) and shared:
+        text["runs"] = "same runs as " + ", ".join(shared.split(";"))
+        css["runs"] = ""
     if diverged > 0:
         css["diverged"] = DIVERGED_CSS
     return text, css
@@ -191,5 +208,17 @@ def provenance(scale: str, substitute: str = "") -> str:
     text = f"**scale:** {scale}"
     if substitute:
         label = DATASET_LABELS.get(substitute, substitute)
-        text += f"; **dataset substituted:** every experiment ran on {label}, no paper comparison"
+        text += (
+            f"; **dataset substituted:** every experiment ran on {label}; published values are "
+            "shown beside ours, never compared"
+        )
     return text
+
+
+def train_accuracy_note(df: pd.DataFrame) -> str:
+    """What the train % in brackets is, from the table's ``train_acc`` column."""
+    kinds = sorted({str(k) for k in df.get("train_acc", pd.Series(dtype=str)).dropna()})
+    if not kinds:
+        return "train % in brackets: how it was measured is not recorded"
+    said = "; ".join(f"{k}: {TRAIN_ACCURACY.get(k, k)}" for k in kinds)
+    return f"train % in brackets (its best epoch) = {said}"
