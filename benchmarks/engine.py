@@ -332,11 +332,9 @@ def synthetic(device: torch.device) -> datasets.Data:
     return datasets.Data(x[0], y[0], x[1], y[1], info=datasets.dataset_info("fashion_mnist"))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one repeat, one batch")
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every benchmark takes: device, threads, repeats, data."""
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument(
         "--threads",
         type=int,
@@ -344,19 +342,30 @@ def main() -> int:
         help="torch CPU threads (default 1: one job per core, as the pipeline runs; 0: torch's)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats")
-    parser.add_argument("--batches", type=int, default=0, help="timed training batches")
     parser.add_argument("--data-dir", type=Path, default=datasets.default_data_dir())
     parser.add_argument(
         "--synthetic", action="store_true", help="random images instead of Fashion-MNIST"
     )
-    args = parser.parse_args()
+
+
+def setup(args: argparse.Namespace) -> tuple[torch.device, datasets.Data]:
+    """Threads set, (device, data) of the common arguments."""
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if args.synthetic:
-        data = synthetic(device)
-    else:
-        data = datasets.load("fashion_mnist", args.data_dir, device)
+        return device, synthetic(device)
+    return device, datasets.load("fashion_mnist", args.data_dir, device)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one repeat, one batch")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--batches", type=int, default=0, help="timed training batches")
+    add_common_arguments(parser)
+    args = parser.parse_args()
+    device, data = setup(args)
     plumbing = graph_plumbing_difference(data.train_x[:100], data.train_y[:100])
     mm_rate, tanh_rate = rates(device)
     print(

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared GPU check of a few minutes (issue 9), each step printing its own result:
-#  1. the engine/baseline table on CUDA, eager (FRERNN_CUDA_GRAPHS=0) and with CUDA graphs;
+#  1. the engine/baseline table on CUDA, eager (FRERNN_CUDA_GRAPHS=0) and with CUDA graphs,
+#     then P-EP's relaxation next to FRE-RNN's (2HL, 3HL);
 #  2. the packing table on CUDA (R = 1, 5, 35; eager vs CUDA graphs; peak memory; projection);
 #  3. a real 50-epoch depth-2 run alone (target <= 5 s) and 35 such runs packed (<= 15 s);
 #  4. CPU vs CUDA agreement (same spec and seed, 3 epochs: accuracy within 0.3 points, first
@@ -34,6 +35,7 @@ FRERNN_CUDA_GRAPHS=0 "$PY" benchmarks/engine.py --device cuda --configs chain2 c
     --repeats 3 "${SOURCE[@]}"
 step "1. engine table, CUDA graphs"
 "$PY" benchmarks/engine.py --device cuda --configs chain2 chain10 conv --repeats 3 "${SOURCE[@]}"
+"$PY" benchmarks/pep.py --device cuda --families 2hl 3hl --repeats 3 "${SOURCE[@]}"
 
 step "2. packing table"
 "$PY" benchmarks/packing.py --device cuda --runs 1 5 35 --batches 5 "${SOURCE[@]}"

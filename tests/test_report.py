@@ -87,7 +87,7 @@ def test_quick_scale_report_judges_and_colours_nothing(tmp_path: Path, substitut
     assert claims.HOLDS not in page and claims.FAILS not in page
     assert tables.MATCH_CSS not in page and tables.MISMATCH_CSS not in page
     assert "agrees" not in page and "differs" not in page
-    assert page.count(f">{claims.INDICATIVE}</span>") == 6
+    assert page.count(f">{claims.INDICATIVE}</span>") == 7  # P-EP: steps per sample too
     basis = "quick scale, not the paper's (train.epochs 2 (paper 50))"
     assert f"<b>scale</b>: quick — {html.escape(basis)}" in page
 

@@ -266,6 +266,18 @@ def _alignment(results: Results, rid: str, seeds: list[int]) -> dict[str, float]
     return {k: v for key, vals in values.items() for k, v in _stats(key, vals).items()}
 
 
+def _timing(spec: dict[str, Any], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Seconds per epoch (mean over seeds), relaxation steps per training sample and devices."""
+    relaxed = spec["method"] in experiments.RELAXED
+    return {
+        "epoch_seconds_mean": stats.mean_std(
+            [m["wall_seconds"] / max(len(m["epochs"]), 1) for m in runs]
+        )[0],
+        "steps_per_sample": spec["ep"]["T"] + spec["ep"]["K"] if relaxed else math.nan,
+        "devices": ";".join(sorted({str(m["device"]) for m in runs})),
+    }
+
+
 def _cited_rows(paper: pd.DataFrame, block: str, scale: str) -> list[dict[str, Any]]:
     """Rows the paper cites from other work (Table 1's P-EP): paper columns only, n = 0."""
     rows = []
@@ -324,6 +336,7 @@ def summary_table(results: Results, block: str) -> pd.DataFrame:
             **_stats("train_best", [m["train_acc_best"] for m in runs]),
             "diverged": sum(bool(m["diverged"]) for m in runs),
             "wall_seconds_mean": stats.mean_std([m["wall_seconds"] for m in runs])[0],
+            **_timing(spec, runs),
             "test_best_seeds": _by_seed({s: m["test_acc_best"] for s, m in found.items()}),
             "train_acc": spec["train"].get("train_acc", "running"),
             "shared_with": _shared(plan, cell),

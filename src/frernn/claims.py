@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from frernn import gating, stats
+from frernn import gating, speed, stats
 from frernn.tables import paper_dataset
 
 HOLDS = "holds"
@@ -376,25 +376,12 @@ def ten_steps_suffice(tables: Tables) -> Finding:
 
 
 def faster_than_pep(tables: Tables) -> Finding:
-    """Table 1: the cited P-EP wall clock over ours (other hardware and batch size: shown only)."""
-    df = _table(tables, "table1")
-    if "paper_wall_seconds" not in df.columns:
-        raise NotComparable("table1.csv has no published wall clock (paper_wall_seconds)")
-    methods = df["method"].map(_slug)
-    cited = df[methods.str.startswith("p-ep")]
-    ours = df[methods == "ep"]
-    notes = []
-    for _, pep in cited.iterrows():
-        family = _slug(pep["row"]).split("-")[0]
-        match = ours[ours["row"].map(_slug).str.startswith(family)]
-        if match.empty or pd.isna(pep["paper_wall_seconds"]):
-            continue
-        ratio = float(pep["paper_wall_seconds"]) / float(match["wall_seconds_mean"].iloc[0])
-        notes.append(f"{family}: published P-EP / our wall clock {ratio:.1f}×")
-    if not notes:
-        raise NotComparable("no cited P-EP row matches an EP row of table1")
-    caveat = "the published P-EP times ran on other hardware with another batch size"
-    return Finding(NOT_COMPARABLE, "; ".join(notes) + f" ({caveat})")
+    """Table 1: per family, P-EP over FRE-RNN EP, by the wall clock per run where P-EP ran on the
+    same device (``table1_pep``), else by relaxation steps per sample (frernn.speed)."""
+    table1, pep = _table(tables, "table1"), tables.get(speed.PEP_TABLE)
+    table = speed.comparison(table1, pep)
+    ok, evidence = speed.verdict(table)
+    return Finding(HOLDS if ok else FAILS, evidence, tuple(speed.basis_rows(table1, pep, table)))
 
 
 CLAIMS: tuple[Claim, ...] = (

@@ -26,6 +26,11 @@ DATASET_SIZES = {  # (train, test, pixels): fixes per-job memory and the cost mo
 }
 
 
+RELAXED = ("ep", "pep")  # methods that relax T + K steps per training sample
+PEP_SMALL_BATCH = 32
+PEP_CPU_FACTORS = {"layered": (2.3, 1.8), "conv": (0.8, 0.6)}  # (batch <= 32, larger)
+
+
 @dataclass(frozen=True)
 class Cell:
     """One configuration as a target shows it: a table row x dataset column x grid point."""
@@ -231,7 +236,10 @@ def canonical(spec: dict[str, Any]) -> dict[str, Any]:
     """Reset keys a run ignores to their defaults, so equal runs get equal run ids."""
     spec = _floats(spec, run_spec_schema())
     model, defaults = spec["model"], DEFAULT_SPEC["model"]
-    if spec["method"] != "ep":
+    if spec["method"] == "pep":  # P-EP reads T, K and its beta (ep.nudge) only
+        kept = {k: spec["ep"][k] for k in ("T", "K", "nudge")}
+        spec["ep"] = {**copy.deepcopy(DEFAULT_SPEC["ep"]), **kept}
+    elif spec["method"] != "ep":
         spec["ep"] = copy.deepcopy(DEFAULT_SPEC["ep"])
     if model["kind"] == "conv":
         keep = ("kind", "channels", "feedback") + (("timing",) if spec["method"] == "ep" else ())
@@ -387,12 +395,21 @@ def gpu_seconds(spec: dict[str, Any]) -> float:
     else:
         step = 0.152e-3 * (model["width"] / 64) ** 0.75 * (batch / 500) ** 0.2
         forward = 1.5e-3 * model["depth"]
-    if spec["method"] == "ep":
+    if spec["method"] in RELAXED:  # P-EP: FRE-RNN's step cost (unmeasured on a GPU here)
         per_train, per_test = (ep["T"] + ep["K"]) * step + 1.84e-3, ep["T"] * step
     else:
         per_train, per_test = forward, forward / 3
     batches = math.ceil(n_train / batch), math.ceil(n_test / batch)
     return spec["train"]["epochs"] * (batches[0] * per_train + batches[1] * per_test)
+
+
+def pep_cpu_factor(spec: dict[str, Any]) -> float:
+    """P-EP's CPU time per sample and relaxation step over FRE-RNN EP's on the same layers
+    (benchmarks/pep.py): every layer is updated at every step, the output layer too, and small
+    batches use the cores less well."""
+    small = spec["train"]["batch_size"] <= PEP_SMALL_BATCH
+    factors = PEP_CPU_FACTORS[spec["model"]["kind"]]
+    return factors[0] if small else factors[1]
 
 
 def cpu_seconds(spec: dict[str, Any]) -> float:
@@ -404,7 +421,9 @@ def cpu_seconds(spec: dict[str, Any]) -> float:
         unit = 250e-6 * layers
     else:
         unit = 1.2e-6 * model["depth"] * (model["width"] / 64) ** 1.5
-    if spec["method"] == "ep":
+    if spec["method"] == "pep":
+        unit *= pep_cpu_factor(spec)
+    if spec["method"] in RELAXED:
         work = n_train * (ep["T"] + ep["K"]) + n_test * ep["T"]
     else:
         work = 3 * n_train + n_test

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from frernn import claims, figures, gating, notebooks, partial, tables
+from frernn import claims, figures, gating, notebooks, partial, speed, tables
 from frernn.errors import FrernnError
 from frernn.io import atomic_write_text
 
@@ -153,6 +153,32 @@ def _claims_html(verdicts: list[claims.Verdict]) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+def _speed_html(frames: dict[str, pd.DataFrame], scale: str) -> str:
+    """FRE-RNN EP vs P-EP per Table 1 family: time per epoch and per run, steps per sample."""
+    table = speed.comparison(frames.get("table1"), frames.get(speed.PEP_TABLE))
+    if speed.PEP_TABLE in frames:
+        status = (
+            f"P-EP re-run here ({speed.PEP_TABLE}, {html.escape(scale)} scale): ratios are "
+            "P-EP over FRE-RNN EP, wall clock only where both ran on the same device. "
+            "P-EP at its published protocol (SGD, batch 20) and protocol-matched (the FRE-RNN "
+            "row's optimiser and batch size) separate the algorithm from the protocol."
+        )
+    else:
+        status = (
+            "P-EP has not been re-run here (<code>snakemake results/table1_pep.csv</code>; cost "
+            "in README): the same-machine wall clock is not comparable, the verdict falls back "
+            "to relaxation steps per sample."
+        )
+    context = (
+        "Published ratio = P-EP's cited 2019 wall clock over the paper's FRE-RNN time: other "
+        "hardware and batch size, context only."
+    )
+    return (
+        "<h2 id='pep-speed'>FRE-RNN EP vs P-EP on the same machine (Table 1 families)</h2>"
+        f"<p>{status} {context}</p>" + speed.render(table).to_html()
+    )
+
+
 def _link(results: Path, name: str) -> str:
     """A relative link to the executed notebook's HTML, when it exists."""
     page = results / "notebooks" / f"{name}.html"
@@ -213,6 +239,9 @@ def build(results: str | Path, status: pd.DataFrame | None = None) -> str:
         scale = scale_of(runs)
     shown = TABLES | {n: c for n, c in EXTRA_TABLES.items() if (results / f"{n}.csv").is_file()}
     frames = _read_all(results, scale, is_partial, shown)
+    pep_csv = results / f"{speed.PEP_TABLE}.csv"
+    if pep_csv.is_file():  # P-EP re-run (outside the default target): shown once it exists
+        frames[speed.PEP_TABLE] = tables.read_csv(pep_csv, tables.SUMMARY_COLUMNS, scale)
     verdicts = claims.evaluate(frames)
     title = "reproduction report" + (" (partial)" if is_partial else "")
     parts = [
@@ -226,14 +255,18 @@ def build(results: str | Path, status: pd.DataFrame | None = None) -> str:
     if is_partial:
         parts.append(_progress_html(status))
     parts += ["<h2>Claims</h2>", f"<p>{CLAIMS_LEGEND}</p>", _claims_html(verdicts)]
+    parts.append(_speed_html(frames, scale))
     if runs is not None:
         parts += ["<h2>Compute time per experiment</h2>", compute_time(runs).to_html()]
     parts.append(f"<p>{TABLES_LEGEND}</p>")
     for name, caption in shown.items():
         parts.append(f"<h2 id='{name}'>{html.escape(caption)}{_link(results, name)}</h2>")
-        if name in frames:
-            parts.append(f"<p>{html.escape(tables.train_accuracy_note(frames[name]))}.</p>")
-            parts.append(tables.render(name, frames[name]).to_html())
+        frame = frames.get(name)
+        if frame is not None and name == "table1" and speed.PEP_TABLE in frames:
+            frame = pd.concat([frame, frames[speed.PEP_TABLE]], ignore_index=True)  # P-EP re-run
+        if frame is not None:
+            parts.append(f"<p>{html.escape(tables.train_accuracy_note(frame))}.</p>")
+            parts.append(tables.render(name, frame).to_html())
         else:
             parts.append("<p>No finished run yet.</p>")
     for name, caption in FIGURES.items():

@@ -114,6 +114,8 @@ def _combination_problem(spec: dict[str, Any]) -> str | None:
     diagnostics = spec["diagnostics"]
     if isinstance(optim["lr"], list) and optim["name"] != "sgd":
         return "optim.lr: per-layer rates need optim.name: sgd"
+    if method == "pep" and (problem := _pep_problem(spec)):
+        return problem
     if model["kind"] == "layered":
         if method == "fa" and model["feedback"] != "asymmetric":
             return "model.feedback: method fa needs model.feedback: asymmetric"
@@ -133,6 +135,21 @@ def _combination_problem(spec: dict[str, Any]) -> str | None:
         return "ep.nudge_rule: the conv net uses recompute"
     if diagnostics["dynamics"] or diagnostics["trajectory"]:
         return "diagnostics: dynamics apply to layered nets only"
+    return None
+
+
+def _pep_problem(spec: dict[str, Any]) -> str | None:
+    """What a P-EP run cannot have: a graph other than the chain, asymmetric feedback,
+    dynamics diagnostics (defined for the FRE-RNN), a zero nudge (its update divides by it)."""
+    model, diagnostics = spec["model"], spec["diagnostics"]
+    if model["kind"] == "layered" and model["topology"] != "chain":
+        return "model.topology: method pep supports only chain"
+    if model["feedback"] != "symmetric":
+        return "model.feedback: method pep has tied weights"
+    if diagnostics["dynamics"] or diagnostics["trajectory"]:
+        return "diagnostics: not available for method pep"
+    if spec["ep"]["nudge"] <= 0:
+        return "ep.nudge: method pep needs a positive nudge (beta)"
     return None
 
 
@@ -274,4 +291,6 @@ def run_id(spec: dict[str, Any]) -> str:
     parts = [spec["dataset"], spec["method"], arch]
     if spec["method"] == "ep":
         parts += [f"a{_fmt(ep['alpha'])}", f"b{_fmt(ep['beta'])}", f"T{ep['T']}K{ep['K']}"]
+    elif spec["method"] == "pep":
+        parts += [f"b{_fmt(ep['nudge'])}", f"T{ep['T']}K{ep['K']}"]
     return "-".join(parts + [config_hash(spec)])

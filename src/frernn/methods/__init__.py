@@ -1,4 +1,5 @@
-"""Learning rules: EP (layered and conv), BP and FA; ``build_learner`` picks one from a run spec."""
+"""Learning rules: EP (layered and conv), BP, FA and P-EP; ``build_learner`` picks one from a run
+spec."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class Learner(Protocol):
 def build_net(spec: dict[str, Any], info: DatasetInfo, generator: torch.Generator) -> nn.Module:
     """The network a run spec describes, initialised from ``generator``."""
     model, ep = spec["model"], spec["ep"]
+    if spec["method"] == "pep":
+        return build_pep_net(model, info, generator)
     if model["kind"] == "conv":
         from frernn.models.conv import ConvFRERNN
         from frernn.models.timing import Timing
@@ -59,10 +62,26 @@ def build_net(spec: dict[str, Any], info: DatasetInfo, generator: torch.Generato
     )
 
 
+def build_pep_net(
+    model: dict[str, Any], info: DatasetInfo, generator: torch.Generator
+) -> nn.Module:
+    """The P-EP net (output layer inside the dynamics) of a ``method: pep`` spec."""
+    from frernn.models.pep import ConvPEPNet, PEPNet
+
+    if model["kind"] == "conv":
+        return ConvPEPNet(info.shape, model["channels"], info.n_classes, generator)
+    in_features = info.shape[0] * info.shape[1] * info.shape[2]
+    return PEPNet(in_features, model["depth"], model["width"], info.n_classes, generator)
+
+
 def build_learner(spec: dict[str, Any], info: DatasetInfo, generator: torch.Generator) -> Learner:
     """Network plus learning rule of a run spec (on CPU; move ``learner.net`` afterwards)."""
     net = build_net(spec, info, generator)
     method, ep = spec["method"], spec["ep"]
+    if method == "pep":
+        from frernn.methods.pep import PrototypicalEP
+
+        return PrototypicalEP(net, ep["T"], ep["K"], ep["nudge"])
     if method in ("bp", "fa"):
         return Backprop(net, feedback_alignment=method == "fa")
     if method == "bp_straight_through":

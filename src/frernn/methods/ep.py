@@ -80,7 +80,47 @@ class GraphedCall:
         return graph.replay, static_in, static_out
 
 
-class LayeredEP:
+class GraphedLearner:
+    """A learner whose ``_update(x, y)`` and ``_predict(x)`` run as captured CUDA graphs on a GPU
+    (``cuda_graphs``; FRERNN_CUDA_GRAPHS=0 turns capture off) and eagerly on CPU."""
+
+    net: torch.nn.Module
+    cuda_graphs: bool
+    _graphed: dict[str, GraphedCall]
+
+    def parameter_groups(self) -> list[list[Tensor]]:
+        return self.net.layer_parameters()
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """Test-time output of the free phase (logits, or P-EP's output state)."""
+        return self._run("predict", self._predict, x)[0]
+
+    def _update(self, x: Tensor, y: Tensor) -> Sequence[Tensor]: ...
+
+    def _predict(self, x: Tensor) -> Sequence[Tensor]: ...
+
+    def graph_calls(self, capture: bool) -> None:
+        """Route train_step and predict through GraphedCall (capturing only when ``capture``)."""
+        self._graphed = {
+            name: GraphedCall(fn, capture)
+            for name, fn in (("train", self._update), ("predict", self._predict))
+        }
+
+    def _run(self, name: str, fn: Callable[..., Sequence[Tensor]], *inputs: Tensor):
+        """``fn(*inputs)``: eagerly, or through the CUDA graph of this input shape."""
+        if not self._graphed and self.cuda_graphs and inputs[0].is_cuda:
+            self.graph_calls(capture=True)
+        graphed = self._graphed.get(name)
+        return graphed(*inputs) if graphed is not None else fn(*inputs)
+
+
+def graphs_enabled(requested: bool | None) -> bool:
+    """CUDA-graph capture unless turned off by argument or FRERNN_CUDA_GRAPHS=0."""
+    return os.environ.get(GRAPHS_ENV, "1") != "0" if requested is None else requested
+
+
+class LayeredEP(GraphedLearner):
     """Free phase (T steps from zero), nudged phase (K steps), contrastive updates into .grad,
     for one net or a ``LayeredPack`` (per-member batches ``(R, m, ...)``, losses ``(R,)``).
 
@@ -101,10 +141,8 @@ class LayeredEP:
         if rule not in NUDGE_RULES:
             raise ValueError(f"unknown nudge rule {rule!r}")
         self.net, self.T, self.K, self.nudge, self.rule = net, T, K, nudge, rule
-        if cuda_graphs is None:
-            cuda_graphs = os.environ.get(GRAPHS_ENV, "1") != "0"
-        self.cuda_graphs = cuda_graphs
-        self._graphed: dict[str, GraphedCall] = {}
+        self.cuda_graphs = graphs_enabled(cuda_graphs)
+        self._graphed = {}
         edges = net.forward_edges
         self._edge_index = {
             torch.device("cpu"): (
@@ -113,33 +151,12 @@ class LayeredEP:
             )
         }
 
-    def parameter_groups(self) -> list[list[Tensor]]:
-        return self.net.layer_parameters()
-
-    @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        return self._run("predict", self._predict, x)[0]
-
     @torch.no_grad()
     def train_step(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         self._edges_on(x.device)
         loss, logits, *grads = self._run("train", self._update, x, y)
         self.net.set_grads(grads)
         return loss, logits
-
-    def graph_calls(self, capture: bool) -> None:
-        """Route train_step and predict through GraphedCall (capturing only when ``capture``)."""
-        self._graphed = {
-            name: GraphedCall(fn, capture)
-            for name, fn in (("train", self._update), ("predict", self._predict))
-        }
-
-    def _run(self, name: str, fn: Callable[..., Sequence[Tensor]], *inputs: Tensor):
-        """``fn(*inputs)``: eagerly, or through the CUDA graph of this input shape."""
-        if not self._graphed and self.cuda_graphs and inputs[0].is_cuda:
-            self.graph_calls(capture=True)
-        graphed = self._graphed.get(name)
-        return graphed(*inputs) if graphed is not None else fn(*inputs)
 
     def _predict(self, x: Tensor) -> tuple[Tensor]:
         return (self.net.readout(self.net.free_phase(x, self.T)[-1]),)
