@@ -259,6 +259,9 @@ def smoke_results(
                 path = results / p.run_dir(cell.run_id, seed) / "metrics.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(fake_metrics(spec, seconds, device)))
+                if spec["diagnostics"]["alignment"]:  # the conv rows measure it
+                    cosines = {"before": {"conv1": 0.5}, "after": {"conv1": 0.9}}
+                    (path.parent / "alignment.json").write_text(json.dumps(cosines))
         frame = aggregate.build(block, p, results, aggregate.reference_plan(config))
         frame.to_csv(results / f"{block}.csv", index=False)
     return results
