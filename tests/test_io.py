@@ -65,3 +65,11 @@ def test_real_disk_full_is_one_line_error_and_leaves_nothing(tiny_filesystem):
         atomic_write_json(tiny_filesystem / "big.json", ["x" * 1000] * 100)
     assert "\n" not in str(info.value) and "big.json" in str(info.value)
     assert list(tiny_filesystem.iterdir()) == []
+
+
+def test_unwritable_output_folder_is_one_line_error(tmp_path):
+    """A folder that cannot be made (a regular file stands in its path) names the output."""
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "file" / "run" / "metrics.json"
+    with pytest.raises(FrernnError, match=r"cannot write .*metrics\.json"):
+        atomic_write_json(target, {"x": 1})
