@@ -278,7 +278,9 @@ def test_shape_packs_join_the_beta_sweep_of_one_depth(paper):
 
 def test_seeds_of_one_seed_and_smoke_packs():
     one_seed = plan_for(seeds=[3])
-    assert one_seed.packs("seeds") == [] and len(one_seed.unpacked_run_ids([])) == len(one_seed.runs)
+    assert one_seed.packs("seeds") == [] and len(one_seed.unpacked_run_ids([])) == len(
+        one_seed.runs
+    )
     with pytest.raises(FrernnError, match="config pack: 'all' is not one of auto, none"):
         experiments.resolve_pack("all", "cpu")
     assert experiments.resolve_pack("auto", "cpu") == "none"
