@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +23,7 @@ from frernn.methods.ep import LayeredEP
 from frernn.models.layered import LayeredFRERNN
 from frernn.models.layered_pack import LayeredPack
 from frernn.spec import pack_key
-from frernn.train import Run, accuracies, load_data
-from frernn.train import _stop as stop_on_signal
+from frernn.train import Run, accuracies, interruptible, load_data
 
 
 def group_by_key(members: list[tuple[dict[str, Any], Path]]) -> list[list[int]]:
@@ -168,19 +165,11 @@ def read_manifest(path: Path) -> list[tuple[dict[str, Any], Path]]:
 
 def _command(args: argparse.Namespace) -> int:
     members = read_manifest(args.manifest)
-    if args.threads < 0:
-        raise FrernnError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGTERM, stop_on_signal)
-    try:
-        results = train_pack(members, args.data_dir, args.device)
-    except KeyboardInterrupt:
-        print(
-            f"frernn: training stopped (interrupted); run the same command again to resume "
-            f"every unfinished run of {args.manifest} from its last finished epoch",
-            file=sys.stderr,
-        )
+    what = f"every unfinished run of {args.manifest}"
+    results = interruptible(
+        args.threads, what, lambda: train_pack(members, args.data_dir, args.device)
+    )
+    if results is None:
         return 130
     for (spec, out), m in zip(members, results, strict=True):
         print(

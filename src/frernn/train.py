@@ -322,6 +322,25 @@ def _stop(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def interruptible(threads: int, what: str, work: Callable[[], Any]) -> Any | None:
+    """``work()`` on ``threads`` torch threads (0: torch's choice), SIGTERM treated as Ctrl-C;
+    None after a one-line message that rerunning resumes ``what`` when it was interrupted."""
+    if threads < 0:
+        raise FrernnError(f"--threads must be 0 (torch's choice) or more, got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        return work()
+    except KeyboardInterrupt:
+        print(
+            f"frernn: training stopped (interrupted); run the same command again to resume "
+            f"{what} from its last finished epoch",
+            file=sys.stderr,
+        )
+        return None
+
+
 def _command(args: argparse.Namespace) -> int:
     if args.spec is None and not args.print_spec:
         raise FrernnError("frernn train needs a SPEC file (or --print-spec to see the defaults)")
@@ -334,19 +353,10 @@ def _command(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise FrernnError("frernn train needs --out DIR, the run directory to write")
-    if args.threads < 0:
-        raise FrernnError(f"--threads must be 0 (torch's choice) or more, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        metrics = train(spec, args.out, args.data_dir, args.device)
-    except KeyboardInterrupt:
-        print(
-            f"frernn: training stopped (interrupted); run the same command again to resume "
-            f"{args.out} from its last finished epoch",
-            file=sys.stderr,
-        )
+    metrics = interruptible(
+        args.threads, str(args.out), lambda: train(spec, args.out, args.data_dir, args.device)
+    )
+    if metrics is None:
         return 130
     print(
         f"{run_spec.run_id(spec)} seed {spec['seed']}: best test {metrics['test_acc_best']:.2f}% "
