@@ -25,7 +25,8 @@ SUMMARY_COLUMNS = [
     "table", "row", "method", "dataset", "paper_dataset", "substitute", "scale", "run_id",
     "n", "n_expected", "missing", "test_best_mean", "test_best_std", "test_final_mean",
     "test_final_std", "train_best_mean", "train_best_std", "diverged", "wall_seconds_mean",
-    "test_best_seeds", "train_acc", "shared_with", "paper_scale", "scale_fraction", "scale_note",
+    "epoch_seconds_mean", "steps_per_sample", "devices", "test_best_seeds", "train_acc",
+    "shared_with", "paper_scale", "scale_fraction", "scale_note",
     "paper_test_mean", "paper_test_std", "paper_train", "paper_wall_seconds", "diff", "se_diff",
     "t", "df", "p", "comparison", "comparison_note",
 ]  # fmt: skip
@@ -186,7 +187,7 @@ def test_packed_smoke_table_equals_unpacked(smoke_pipeline, tmp_path):
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert len(list((cwd / "results/logs/packs").glob("*.manifest.json"))) == 2
     packed, alone = (pd.read_csv(d / "results/tableS1.csv") for d in (cwd, smoke_pipeline))
-    same = [c for c in packed.columns if not c.startswith("wall_seconds")]
+    same = [c for c in packed.columns if "seconds" not in c]  # wall clocks, seconds per epoch
     pd.testing.assert_frame_equal(packed[same], alone[same])
     for metrics in (cwd / "results/runs").glob("*/*/seed*/metrics.json"):
         run = metrics.parent.relative_to(cwd)

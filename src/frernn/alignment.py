@@ -39,9 +39,9 @@ def _grads(net: nn.Module) -> dict[Tensor, Tensor]:
 
 
 def _cosine(a: Tensor, b: Tensor) -> float | None:
-    """cos(a, b); None when either vector is zero."""
+    """cos(a, b) (kept within [-1, 1] against rounding); None when either vector is zero."""
     norms = float(a.norm() * b.norm())
-    return float(a @ b) / norms if norms > 0 else None
+    return max(-1.0, min(1.0, float(a @ b) / norms)) if norms > 0 else None
 
 
 def layer_cosines(learner: Learner, x: Tensor, y: Tensor) -> dict[str, float | None]:
