@@ -100,6 +100,8 @@ def test_status_of_a_half_finished_target(one_job, capsys):
         time.sleep(0.05)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
+    done = len((killed_dir / "history.csv").read_text().strip().splitlines()) - 1
+    assert done >= 1  # a loaded machine may let the kill land after epoch 2
     other = next(r for r in plan.run_ids("fig5") if r != rid)
     failed, _ = start_training(cwd, plan, other, 0, cwd / "config.yaml")  # not a directory
     assert failed.wait() != 0
@@ -112,7 +114,7 @@ def test_status_of_a_half_finished_target(one_job, capsys):
     n = len(plan.run_ids("fig5")) * len(plan.seeds)
     row = next(line for line in out.splitlines() if line.startswith("fig5 "))
     assert row.split()[:6] == ["fig5", str(n), "1", "1", "1", str(n - 3)], out
-    assert f"  {plan.run_dir(rid, 1)}: epoch 1/2, log written" in out
+    assert f"  {plan.run_dir(rid, 1)}: epoch {done}/2, log written" in out
     assert re.search(rf"  {re.escape(plan.run_dir(other, 0))}: .*error.*config\.yaml", out, re.I)
 
 
