@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import socket
@@ -117,29 +118,44 @@ def _snakemake(workdir: Path, *args: str, env: dict[str, str]) -> subprocess.Com
     return proc
 
 
+def _sbatch_logs(proc: subprocess.CompletedProcess[str], workdir: Path, rule: str) -> list[Path]:
+    """The Slurm logs of the jobs of rules named ``rule...`` that Snakemake submitted."""
+    logdir = workdir / ".snakemake" / "slurm_logs"
+    logs = [Path(log) for _, log in SUBMITTED.findall(proc.stderr)]
+    return [log for log in logs if log.relative_to(logdir).parts[0].startswith(f"rule_{rule}")]
+
+
 @pytest.mark.slow
 def test_smoke_table2_through_slurm_matches_local(
     slurm_cluster: SlurmCluster, smoke_pipeline: Path, tmp_path: Path
 ) -> None:
-    """Every training job of the smoke table 2 goes through sbatch; the table equals the local
-    smoke pipeline's (same seeds, CPU, deterministic)."""
+    """The smoke table 2 with ``pack=shape`` goes through sbatch, one job per pack (a third of
+    the jobs one per run would take), and equals the local one-job-per-run table; one unpacked
+    job through sbatch writes the local run's metrics (same seeds, CPU, deterministic)."""
     env = {k: v for k, v in slurm_cluster.env.items() if k not in SBATCH_VARS}
     on_slurm = workflow_copy(tmp_path / "slurm_run")
     data = f"data_dir={smoke_pipeline / 'data'}"
-    proc = _snakemake(on_slurm, *TABLE2, data, "--profile", "slurm", *SLURM_FLAGS, env=env)
-    slurm_logs = {Path(log) for _, log in SUBMITTED.findall(proc.stderr)}
-    logdir = on_slurm / ".snakemake" / "slurm_logs"
-    train_logs = {log for log in slurm_logs if log.relative_to(logdir).parts[0] == "rule_train"}
+    profile = ("--profile", "slurm", *SLURM_FLAGS)
+    proc = _snakemake(on_slurm, *TABLE2, data, "pack=shape", *profile, env=env)
+    pack_logs = _sbatch_logs(proc, on_slurm, "train_pack")
+    manifests = list((on_slurm / "results/logs/packs").glob("*.manifest.json"))
+    assert pack_logs and len(pack_logs) == len(manifests), (pack_logs, manifests)
     runs = sorted((on_slurm / "results" / "runs").rglob("metrics.json"))
-    assert runs, "the smoke table 2 trained nothing"
-    assert len(train_logs) == len(runs), f"{len(runs)} runs, sbatch logs: {sorted(train_logs)}"
-    logged = "\n".join(log.read_text() for log in train_logs)
+    assert len(runs) > len(pack_logs), f"{len(runs)} runs in {len(pack_logs)} packs"
+    logged = "\n".join(log.read_text() for log in pack_logs)
     unlogged = [r for r in runs if str(r.relative_to(on_slurm)) not in logged]
     assert not unlogged, f"trained outside the sbatch jobs: {unlogged}"
-
     local = pd.read_csv(smoke_pipeline / "results" / "table2.csv")
     timing = [c for c in local.columns if "seconds" in c]  # wall clocks and seconds per epoch
     pd.testing.assert_frame_equal(
         pd.read_csv(on_slurm / "results" / "table2.csv").drop(columns=timing),
         local.drop(columns=timing),
     )
+
+    alone = workflow_copy(tmp_path / "slurm_alone")
+    run = runs[0].relative_to(on_slurm)
+    proc = _snakemake(alone, str(run), *TABLE2[1:], data, *profile, env=env)
+    assert len(_sbatch_logs(proc, alone, "train")) == 1
+    ours, theirs = (json.loads((d / run).read_text()) for d in (alone, smoke_pipeline))
+    for key in ("spec", "test_acc_best", "test_acc_final", "train_acc_best", "diverged"):
+        assert ours[key] == theirs[key], key

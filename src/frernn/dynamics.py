@@ -1,4 +1,4 @@
-"""Dynamics diagnostics of the free phase (SPEC §4): spectral radius, Lyapunov exponents,
+"""Dynamics diagnostics of the free phase: spectral radius, Lyapunov exponents,
 convergence time and the trajectory of one sample (Figs. 2 and 5)."""
 
 from __future__ import annotations

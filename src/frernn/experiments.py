@@ -385,7 +385,7 @@ def _sizes(spec: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def gpu_seconds(spec: dict[str, Any]) -> float:
-    """Estimated wall clock of one run on one GPU, fitted to the published times (SPEC §6)."""
+    """Estimated wall clock of one run on one GPU, fitted to the published times."""
     n_train, n_test, pixels = _sizes(spec)
     batch = spec["train"]["batch_size"]
     model, ep = spec["model"], spec["ep"]

@@ -41,7 +41,8 @@ def make_optimizer(
     rates = optim["lr"] if isinstance(optim["lr"], list) else [optim["lr"]] * len(groups)
     if len(rates) != len(groups):
         raise FrernnError(
-            f"optim.lr has {len(rates)} rates but the net has {len(groups)} layers (W_0 .. W_out)"
+            f"optim.lr has {len(rates)} rates but the net has {len(groups)} layers"
+            " (one rate per weight layer)"
         )
     params = [{"params": g, "lr": lr} for g, lr in zip(groups, rates, strict=True)]
     wd = optim["weight_decay"]
@@ -52,7 +53,7 @@ def make_optimizer(
 
 
 def make_schedule(optim: dict[str, Any], opt: torch.optim.Optimizer, epochs: int):
-    """Per-epoch cosine annealing to 1e-6 (SPEC §3), or None."""
+    """Per-epoch cosine annealing to 1e-6, or None."""
     if optim["schedule"] == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=1e-6)
     return None

@@ -1,4 +1,4 @@
-"""BP and FA baselines: autograd through a net's feed-forward twin (SPEC §2, "Baselines")."""
+"""BP and FA baselines: autograd through a net's feed-forward twin."""
 
 from __future__ import annotations
 

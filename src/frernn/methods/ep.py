@@ -1,4 +1,4 @@
-"""Equilibrium Propagation for the layered FRE-RNN (SPEC §2), with its three nudge rules."""
+"""Equilibrium Propagation for the layered FRE-RNN, with its three nudge rules."""
 
 from __future__ import annotations
 

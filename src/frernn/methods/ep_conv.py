@@ -1,4 +1,4 @@
-"""EP for the conv FRE-RNN (SPEC §3): free and `recompute`-nudged phases, local conv updates."""
+"""EP for the conv FRE-RNN: free and `recompute`-nudged phases, local conv updates."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class ConvEP:
             log.warning(
                 "ep.K=%d is odd: the free phase of the conv net typically ends in a period-2 "
                 "flicker of max-pool winners, which an odd K adds to the lower layers' EP update "
-                "(use an even K; SPEC §3 uses 10)",
+                "(use an even K, e.g. 10)",
                 K,
             )
 

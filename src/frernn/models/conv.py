@@ -1,4 +1,4 @@
-"""Convolutional FRE-RNN (SPEC §3): conv layers relaxed with max-unpool feedback, fc readout."""
+"""Convolutional FRE-RNN: conv layers relaxed with max-unpool feedback, fc readout."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ def fa_linear(x: Tensor, weight: Tensor, bias: Tensor, feedback: Tensor) -> Tens
 class ConvFRERNN(nn.Module):
     """Conv layers l=1..L with state x_l (pre-activations), p_l = maxpool(ρ(x_l)), logits fc(p_L).
 
-    The fc readout keeps nn.Linear's default bias (SPEC §3 names PyTorch defaults, and the bias is
+    The fc readout keeps nn.Linear's default bias (PyTorch defaults, as the method says; the bias is
     outside the recurrence); it gets the exact CE gradient like the fc weight. ``timing`` times the
     relaxation as described (the default) or with an original notebook's one-step lags.
     """

@@ -10,7 +10,7 @@ import torch
 
 @dataclass(frozen=True)
 class LayerGraph:
-    """Hidden-to-hidden edges ``(src, dst)`` over layers numbered 1..depth (1-based, as SPEC)."""
+    """Hidden-to-hidden edges ``(src, dst)`` over layers numbered 1..depth."""
 
     depth: int
     edges: tuple[tuple[int, int], ...]

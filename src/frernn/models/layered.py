@@ -1,4 +1,4 @@
-"""The layered FRE-RNN of SPEC §1 on any layer graph, with its feed-forward twin."""
+"""The layered FRE-RNN on any layer graph, with its feed-forward twin."""
 
 from __future__ import annotations
 
