@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 pytest_plugins = ["slurm_cluster"]
 
 REPO = Path(__file__).resolve().parents[1]
-TABLE2 = ["results/table2.csv", "--config", "scale=smoke", "dataset_substitute=fashion_mnist"]
+SMOKE = ["--config", "scale=smoke", "dataset_substitute=fashion_mnist"]
 SLURM_FLAGS = [
     "--slurm-status-command",
     "squeue",
@@ -126,35 +126,36 @@ def _sbatch_logs(proc: subprocess.CompletedProcess[str], workdir: Path, rule: st
 
 
 @pytest.mark.slow
-def test_smoke_table2_through_slurm_matches_local(
+def test_smoke_tables_through_slurm_match_local(
     slurm_cluster: SlurmCluster, smoke_pipeline: Path, tmp_path: Path
 ) -> None:
-    """The smoke table 2 with ``pack=shape`` goes through sbatch, one job per pack (a third of
-    the jobs one per run would take), and equals the local one-job-per-run table; one unpacked
-    job through sbatch writes the local run's metrics (same seeds, CPU, deterministic)."""
+    """The smoke Table S1 with ``pack=shape`` goes through sbatch, one job per pack, and equals
+    the local one-job-per-run table; one unpacked conv job of Table 2 through sbatch writes the
+    local run's metrics (same seeds, CPU, deterministic)."""
     env = {k: v for k, v in slurm_cluster.env.items() if k not in SBATCH_VARS}
-    on_slurm = workflow_copy(tmp_path / "slurm_run")
     data = f"data_dir={smoke_pipeline / 'data'}"
     profile = ("--profile", "slurm", *SLURM_FLAGS)
-    proc = _snakemake(on_slurm, *TABLE2, data, "pack=shape", *profile, env=env)
-    pack_logs = _sbatch_logs(proc, on_slurm, "train_pack")
-    manifests = list((on_slurm / "results/logs/packs").glob("*.manifest.json"))
+    packed = workflow_copy(tmp_path / "slurm_packed")
+    proc = _snakemake(packed, "results/tableS1.csv", *SMOKE, data, "pack=shape", *profile, env=env)
+    pack_logs = _sbatch_logs(proc, packed, "train_pack")
+    manifests = list((packed / "results/logs/packs").glob("*.manifest.json"))
     assert pack_logs and len(pack_logs) == len(manifests), (pack_logs, manifests)
-    runs = sorted((on_slurm / "results" / "runs").rglob("metrics.json"))
+    runs = sorted((packed / "results" / "runs").rglob("metrics.json"))
     assert len(runs) > len(pack_logs), f"{len(runs)} runs in {len(pack_logs)} packs"
     logged = "\n".join(log.read_text() for log in pack_logs)
-    unlogged = [r for r in runs if str(r.relative_to(on_slurm)) not in logged]
+    unlogged = [r for r in runs if str(r.relative_to(packed)) not in logged]
     assert not unlogged, f"trained outside the sbatch jobs: {unlogged}"
-    local = pd.read_csv(smoke_pipeline / "results" / "table2.csv")
+    local = pd.read_csv(smoke_pipeline / "results" / "tableS1.csv")
     timing = [c for c in local.columns if "seconds" in c]  # wall clocks and seconds per epoch
     pd.testing.assert_frame_equal(
-        pd.read_csv(on_slurm / "results" / "table2.csv").drop(columns=timing),
+        pd.read_csv(packed / "results" / "tableS1.csv").drop(columns=timing),
         local.drop(columns=timing),
     )
 
     alone = workflow_copy(tmp_path / "slurm_alone")
-    run = runs[0].relative_to(on_slurm)
-    proc = _snakemake(alone, str(run), *TABLE2[1:], data, *profile, env=env)
+    conv = next((smoke_pipeline / "results/runs/table2").glob("*-ep-conv*/seed0/metrics.json"))
+    run = conv.relative_to(smoke_pipeline)
+    proc = _snakemake(alone, str(run), *SMOKE, data, *profile, env=env)
     assert len(_sbatch_logs(proc, alone, "train")) == 1
     ours, theirs = (json.loads((d / run).read_text()) for d in (alone, smoke_pipeline))
     for key in ("spec", "test_acc_best", "test_acc_final", "train_acc_best", "diverged"):
