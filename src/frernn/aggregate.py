@@ -280,23 +280,41 @@ def dynamics_table(results: Results, block: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _per_epoch(results: Results, rid: str) -> list[dict[str, float]]:
+    """Test accuracy per epoch of one configuration: mean, std and count over finished seeds."""
+    per_epoch: dict[int, list[float]] = {}
+    for metrics in results.seeds(rid)[0].values():
+        for epoch in metrics["epochs"]:
+            per_epoch.setdefault(epoch["epoch"], []).append(epoch["test_acc"])
+    rows = []
+    for epoch, accs in sorted(per_epoch.items()):
+        mean, std = _stat(accs)
+        rows.append({"epoch": epoch, "test_acc_mean": mean, "test_acc_std": std, "n": len(accs)})
+    return rows
+
+
 def curves_table(results: Results, block: str) -> pd.DataFrame:
     """Test accuracy per epoch, mean and std over seeds, one panel per row label (Fig. 6)."""
     rows = []
     for cell in results.plan.cells[block]:
         spec = results.plan.runs[cell.run_id].spec
-        found, _ = results.seeds(cell.run_id)
-        per_epoch: dict[int, list[float]] = {}
-        for metrics in found.values():
-            for epoch in metrics["epochs"]:
-                per_epoch.setdefault(epoch["epoch"], []).append(epoch["test_acc"])
         head = {"panel": cell.row, "depth": spec["model"]["depth"], "T": spec["ep"]["T"]}
         head |= {"K": spec["ep"]["K"], "beta": spec["ep"]["beta"]}
-        for epoch, accs in sorted(per_epoch.items()):
-            mean, std = _stat(accs)
-            rows.append(
-                {**head, "epoch": epoch, "test_acc_mean": mean, "test_acc_std": std, "n": len(accs)}
-            )
+        rows += [{**head, **epoch} for epoch in _per_epoch(results, cell.run_id)]
+    return pd.DataFrame(rows)
+
+
+def epochs_table(results: Results, block: str) -> pd.DataFrame:
+    """Test accuracy per epoch of every configuration of a block (the generic notebook's)."""
+    cells = results.plan.cells[block]
+    grid_columns = list(dict.fromkeys(k for c in cells for k, _ in c.grid))
+    rows = []
+    for cell in cells:
+        grid = dict(cell.grid)
+        head = {"table": block, "row": cell.row, "method": cell.method}
+        head |= {"paper_dataset": cell.paper_dataset, "run_id": cell.run_id}
+        head |= {c: grid.get(c) for c in grid_columns}
+        rows += [{**head, **epoch} for epoch in _per_epoch(results, cell.run_id)]
     return pd.DataFrame(rows)
 
 
@@ -333,9 +351,15 @@ WRITERS = {
 }
 
 
-def build(target: str, plan: experiments.Plan, root: str | Path) -> pd.DataFrame:
-    """The frame behind ``results/<target>.csv``."""
+def build(
+    target: str, plan: experiments.Plan, root: str | Path, epochs: bool = False
+) -> pd.DataFrame:
+    """The frame behind ``results/<target>.csv`` (``epochs``: its accuracy per epoch)."""
     results = Results(plan, root)
+    if epochs:
+        if target not in plan.blocks:
+            raise FrernnError(f"--epochs needs an experiment block, not {target!r}")
+        return epochs_table(results, target)
     if target == "runs":
         return runs_table(results)
     if target == "fig3":
@@ -357,7 +381,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace) -> int:
     plan = experiments.build_plan(load_config(args.config))
-    frame = build(args.target, plan, args.results)
+    frame = build(args.target, plan, args.results, args.epochs)
     atomic_write(args.out, lambda tmp: frame.to_csv(tmp, index=False))
     log.info("wrote %s (%d rows)", args.out, len(frame))
     return 0
@@ -370,4 +394,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, help="workflow config (YAML or JSON)")
     parser.add_argument("--results", default="results", help="results directory (default: results)")
     parser.add_argument("--out", required=True, help="CSV to write")
+    parser.add_argument(
+        "--epochs", action="store_true", help="test accuracy per epoch of a block's configurations"
+    )
     parser.set_defaults(func=_run)

@@ -14,6 +14,8 @@ import yaml
 from frernn.errors import FrernnError
 from frernn.spec import DEFAULT_SPEC, deep_merge, resolve, run_id, run_spec_schema
 
+GENERIC_NOTEBOOK = "experiment"  # notebooks/experiment.ipynb: the template of any block
+GRAPHS_PAGE = "fig3"  # the top-level config key drawing graphs without training
 DATASET_SIZES = {  # (train, test, pixels): fixes per-job memory and the cost model
     "mnist": (60_000, 10_000, 784),
     "fashion_mnist": (60_000, 10_000, 784),
@@ -40,6 +42,21 @@ class Run:
     run_id: str
     owner: str
     spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One table or figure: results/<name>.csv, its notebook, figure and report section."""
+
+    name: str
+    notebook: str  # notebooks/<notebook>.ipynb: a paper notebook or the generic template
+    description: str
+    output: str  # what results/<name>.csv holds (a block's ``output``, or ``graphs``)
+
+    @property
+    def generic(self) -> bool:
+        """Drawn by the generic template (summary, accuracy per epoch, sweep plot)."""
+        return self.notebook == GENERIC_NOTEBOOK
 
 
 @dataclass
@@ -82,7 +99,27 @@ class Plan:
     def targets(self, default_only: bool = False) -> list[str]:
         """Names of the aggregated CSVs: ``runs``, one per block, ``fig3``."""
         blocks = [b for b, cfg in self.blocks.items() if cfg["target"] or not default_only]
-        return ["runs", *blocks, "fig3"]
+        return ["runs", *blocks, GRAPHS_PAGE]
+
+    def pages(self) -> list[Page]:
+        """Every table and figure of the default target, in config order, then the graphs."""
+        pages = [
+            Page(name, cfg["notebook"], cfg.get("description", name), cfg["output"])
+            for name, cfg in self.blocks.items()
+            if cfg["target"]
+        ]
+        graphs = self.graphs.get("description", "adjacency of the residual and an AGT graph")
+        return [
+            *pages,
+            Page(GRAPHS_PAGE, self.graphs.get("notebook", GRAPHS_PAGE), graphs, "graphs"),
+        ]
+
+    def page(self, name: str) -> Page:
+        """The page called ``name`` (a clear error for a name the config does not define)."""
+        found = {p.name: p for p in self.pages()}
+        if name not in found:
+            raise FrernnError(f"no table or figure {name!r} (one of: {', '.join(found)})")
+        return found[name]
 
     def run_ids(self, target: str) -> list[str]:
         """Run ids a target needs (``runs``: those of every default target)."""
@@ -256,6 +293,17 @@ def _expand_block(name: str, blocks: dict[str, Any], ctx: _Context, plan: Plan) 
     return cells
 
 
+def _block_defaults(name: str, block: dict[str, Any]) -> dict[str, Any]:
+    """A block with its optional keys filled in: a target, a summary table, the generic page."""
+    block = {"target": True, "output": "table", "notebook": GENERIC_NOTEBOOK, **block}
+    if block["notebook"] == GENERIC_NOTEBOOK and block["output"] != "table":
+        raise FrernnError(
+            f"config experiments.{name}: the generic notebook draws summary tables; "
+            f"output {block['output']!r} needs a notebook of its own (key 'notebook')"
+        )
+    return block
+
+
 def build_plan(config: dict[str, Any]) -> Plan:
     """Expand every experiment block of a (schema-validated) workflow config."""
     scale = config["scale"]
@@ -271,12 +319,9 @@ def build_plan(config: dict[str, Any]) -> Plan:
         config.get("substitution", {}),
         scale_cfg.get("sweep_points"),
     )
-    blocks = {
-        name: {**block, "target": block.get("target", True), "output": block.get("output", "table")}
-        for name, block in config["experiments"].items()
-    }
+    blocks = {name: _block_defaults(name, block) for name, block in config["experiments"].items()}
     seeds = list(config["seeds"])[: scale_cfg.get("seeds", len(config["seeds"]))]
-    plan = Plan(scale, substitute, seeds, blocks, graphs=dict(config.get("fig3", {})))
+    plan = Plan(scale, substitute, seeds, blocks, graphs=dict(config.get(GRAPHS_PAGE, {})))
     plan.runtime_safety = config.get("runtime_safety", plan.runtime_safety)
     for name in blocks:
         if name not in plan.cells:

@@ -10,6 +10,7 @@ import pandas as pd
 from pandas.io.formats.style import Styler
 
 from frernn.errors import FrernnError
+from frernn.io import atomic_write_text
 
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST"}
 PAPER_DATASETS = ("mnist", "cifar10")
@@ -184,6 +185,87 @@ def render(name: str, df: pd.DataFrame) -> Styler:
             raise FrernnError(f"{name}.csv lacks column(s): {', '.join(lacking)}")
         return sweep_matrix(df)
     return comparison_table(df)
+
+
+def grid_columns(df: pd.DataFrame) -> list[str]:
+    """A block's grid columns: those between ``run_id`` and the statistics (``n`` / ``epoch``)."""
+    columns = list(df.columns)
+    if "run_id" not in columns:
+        return []
+    start = columns.index("run_id") + 1
+    stop = next((i for i, c in enumerate(columns) if c in ("n", "epoch") and i >= start), start)
+    return columns[start:stop]
+
+
+def configurations(df: pd.DataFrame) -> pd.Series:
+    """A readable name per configuration: its row label, the grid values, the dataset if several."""
+    grid = grid_columns(df)
+    parts = []
+    if "row" in df.columns and df["row"].notna().any():
+        parts.append(df["row"].fillna("").astype(str))
+    for name in grid:
+        label = LABELS.get(name, name)
+        parts.append(df[name].map(lambda v, label=label: f"{label}={_short(v)}"))
+    if "paper_dataset" in df.columns and df["paper_dataset"].nunique() > 1:
+        parts.append(df["paper_dataset"].map(lambda d: DATASET_LABELS.get(d, d)))
+    if not parts:
+        return df.get("run_id", pd.Series("", index=df.index)).astype(str)
+    joined = parts[0]
+    for part in parts[1:]:
+        joined = joined.str.cat(part, sep=" ")
+    return joined.str.strip()
+
+
+def _short(value: object) -> str:
+    """A grid value as it reads in a label (``0.1``, ``4``, ``asymmetric``)."""
+    number = pd.to_numeric(value, errors="coerce")
+    return str(value) if pd.isna(number) else f"{number:g}"
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Best- and final-epoch test accuracy (mean ± std over seeds) per configuration."""
+    missing = [c for c in SUMMARY_COLUMNS if c not in df.columns]
+    if missing:
+        raise FrernnError(f"summary table lacks column(s): {', '.join(missing)}")
+    ours = df[pd.to_numeric(df["n"], errors="coerce") > 0]
+    return pd.DataFrame(
+        {
+            "configuration": configurations(ours).to_numpy(),
+            "best epoch": [
+                fmt_acc(m, s) for m, s in ours[["test_best_mean", "test_best_std"]].values
+            ],
+            "final epoch": [
+                fmt_acc(m, s) for m, s in ours[["test_final_mean", "test_final_std"]].values
+            ],
+            "n": [f"{n:.0f}/{e:.0f}" for n, e in ours[["n", "n_expected"]].astype(float).values],
+            "diverged": ours["diverged"].astype(int).to_numpy(),
+        }
+    ).set_index("configuration")
+
+
+def published_beside(df: pd.DataFrame) -> pd.DataFrame:
+    """The configurations the paper gives a number for: ours, published and the difference."""
+    if "paper_test_mean" not in df.columns:
+        return pd.DataFrame()
+    hit = df[pd.to_numeric(df["paper_test_mean"], errors="coerce").notna()]
+    hit = hit[pd.to_numeric(hit["n"], errors="coerce") > 0]
+    return pd.DataFrame(
+        {
+            "configuration": configurations(hit).to_numpy(),
+            "reproduced": [
+                fmt_acc(m, s) for m, s in hit[["test_best_mean", "test_best_std"]].values
+            ],
+            "published": [
+                fmt_acc(m, s) for m, s in hit[["paper_test_mean", "paper_test_std"]].values
+            ],
+            "Δ": hit["diff"].map(fmt_diff).to_numpy(),
+        }
+    ).set_index("configuration")
+
+
+def save(table: pd.DataFrame | Styler, path: str | Path) -> None:
+    """Write a table shown by a notebook as an HTML fragment (the report embeds it)."""
+    atomic_write_text(path, table.to_html())
 
 
 def provenance(scale: str, substitute: str = "") -> str:
