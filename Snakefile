@@ -19,6 +19,9 @@ DEVICE = experiments.resolve_device(config["device"])
 DATA_DIR = config["data_dir"]
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
@@ -29,4 +32,4 @@ rule all:
     default_target: True
     input:
         expand("results/{target}.csv", target=PLAN.targets(default_only=True)),
-        NOTEBOOK_TARGETS,
+        PAGE_TARGETS,

@@ -9,25 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from frernn import claims, figures, notebooks, tables
+from frernn import claims, experiments, notebooks, tables
+from frernn.aggregate import load_config
 from frernn.errors import FrernnError
 from frernn.io import atomic_write_text
 
-TABLES = {
-    "table1": "Table 1 — MNIST: FRE-RNN EP vs BP (and the cited P-EP)",
-    "table2": "Table 2 — depth, feedback symmetry, residual and AGT connections (64 units/layer)",
-    "tableS1": "Table S1 — β × depth sweep (MNIST, chain, symmetric feedback)",
-}
-FIGURES = {
-    "fig2": "Fig. 2 — free-phase dynamics of one sample (L=2): activity and one-step change",
-    "fig3": "Fig. 3 — adjacency matrices of the residual net and of one AGT sample",
-    "fig4": "Fig. 4 — best-epoch test accuracy over α × β for L = 2, 3, 5",
-    "fig5": "Fig. 5 — L=3: test error, spectral radius, FTMLE/MLE and convergence vs β "
-    "(convergence time averages converged samples only; the fraction converged is shown)",
-    "fig6": "Fig. 6 — test error vs epoch: (a–d) T sweep per β, (e–h) β sweep per depth; "
-    "bands ±1 std",
-    "figS8": "Fig. S8 — test accuracy vs AGT connection probability P (L=10, asymmetric)",
-}
 RUN_COLUMNS = (
     "experiment",
     "run_id",
@@ -129,15 +115,32 @@ def _image(path: Path) -> str:
     return f"<img src='data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}'>"
 
 
-def build(results: str | Path) -> str:
-    """The report page for the results directory ``results``."""
+def _fragment(path: Path) -> str:
+    """The table a page's notebook wrote (an HTML fragment)."""
+    if not path.is_file():
+        raise FrernnError(f"missing table {path}: run the notebook that writes it")
+    return path.read_text()
+
+
+def _section(results: Path, page: experiments.Page) -> str:
+    """One page of the config: heading, its notebook's table, its figure."""
+    title = f"{page.name}: {page.description}"
+    image = _image(results / "figures" / f"{page.name}.png")
+    return (
+        f"<section id='{page.name}'><h2>{html.escape(title)}{_link(results, page.name)}</h2>"
+        f"{_fragment(results / 'tables' / f'{page.name}.html')}"
+        f"<figure>{image}<figcaption>{html.escape(title)}</figcaption></figure></section>"
+    )
+
+
+def build(results: str | Path, config: str | Path | None = None) -> str:
+    """The report page for the results directory ``results`` and the workflow config that made
+    it (default: ``results/workflow_config.json``): one section per page of the config."""
     results = Path(results)
+    pages = experiments.build_plan(load_config(config or results / "workflow_config.json")).pages()
     runs = tables.read_csv(results / "runs.csv", RUN_COLUMNS)
     scale = scale_of(runs)
-    frames = {
-        n: tables.read_csv(results / f"{n}.csv", tables.SUMMARY_COLUMNS, scale) for n in TABLES
-    }
-    frames |= {n: figures.load(n, results / f"{n}.csv", scale) for n in ("fig5", "fig6")}
+    frames = {p.name: tables.read_csv(results / f"{p.name}.csv", scale=scale) for p in pages}
     verdicts = claims.evaluate(frames, scale)
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -153,17 +156,9 @@ def build(results: str | Path) -> str:
         "the paper's statistic; Δ = reproduced − published, shaded green within 2 std, "
         "orange outside; diverged = runs with a non-finite loss or a final epoch &gt;5 points "
         "below their best.</p>",
+        *(_section(results, page) for page in pages),
+        "</body></html>",
     ]
-    for name, caption in TABLES.items():
-        parts.append(f"<h2 id='{name}'>{html.escape(caption)}{_link(results, name)}</h2>")
-        parts.append(tables.render(name, frames[name]).to_html())
-    for name, caption in FIGURES.items():
-        image = _image(results / "figures" / f"{name}.png")
-        parts.append(
-            f"<figure id='{name}'>{image}<figcaption>{html.escape(caption)}"
-            f"{_link(results, name)}</figcaption></figure>"
-        )
-    parts.append("</body></html>")
     return "\n".join(parts)
 
 
@@ -180,7 +175,7 @@ def _parameters(pairs: list[str]) -> dict[str, str]:
 
 def _cmd_html(args: argparse.Namespace) -> None:
     out = args.out or args.results / "report.html"
-    atomic_write_text(out, build(args.results))
+    atomic_write_text(out, build(args.results, args.config))
 
 
 def _cmd_notebook(args: argparse.Namespace) -> None:
@@ -200,6 +195,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     page = commands.add_parser("html", help="write the report page from a results directory")
     page.add_argument("--results", type=Path, default=Path("results"))
     page.add_argument("--out", type=Path, help="default: RESULTS/report.html")
+    page.add_argument("--config", type=Path, help="default: RESULTS/workflow_config.json")
     page.set_defaults(func=_cmd_html)
     run = commands.add_parser("notebook", help="execute a parameterised notebook with papermill")
     run.add_argument("notebook", type=Path)

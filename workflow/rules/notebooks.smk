@@ -1,33 +1,72 @@
-# Papermill notebooks that redraw every table and figure from the aggregated CSVs, and the
-# report page. Self-contained: `rule all` asks for NOTEBOOK_TARGETS.
+# One papermill notebook per page of the config (PLAN.pages(): every default-target block and
+# the Fig. 3 graphs), its figure and table, and the report page. Outputs carry report()
+# annotations for `snakemake --report`. `rule all` asks for PAGE_TARGETS.
 
 from pathlib import Path
 
-NOTEBOOK_TABLES = ["table1", "table2", "tableS1"]
-NOTEBOOK_FIGURES = ["fig2", "fig3", "fig4", "fig5", "fig6", "figS8"]
+from frernn import notebooks as nb
+
+PAGES = {page.name: page for page in PLAN.pages()}
 NOTEBOOK_KERNEL = "results/notebooks/.kernel"
-NOTEBOOK_PARAMS = (
-    f"-p scale={config.get('scale', 'paper')}"
-    f" -p dataset={config.get('dataset_substitute') or ''}"
-)
-
-
-NOTEBOOK_TARGETS = [
-    *expand(
-        "results/notebooks/{name}.{ext}",
-        name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES,
-        ext=["ipynb", "html"],
-    ),
-    *expand("results/figures/{name}.{ext}", name=NOTEBOOK_FIGURES, ext=["pdf", "png"]),
+PAGE_TARGETS = [
+    *expand("results/notebooks/{name}.{ext}", name=PAGES, ext=["ipynb", "html"]),
+    *expand("results/figures/{name}.{ext}", name=PAGES, ext=["pdf", "png"]),
     "results/report.html",
 ]
 
 
+def page_inputs(wildcards):
+    """The notebook drawing a page, its CSV(s) and those its verdicts are judged on."""
+    page = PAGES[wildcards.name]
+    inputs = {
+        "notebook": f"notebooks/{page.notebook}.ipynb",
+        "csv": f"results/{page.name}.csv",
+        "claims": [
+            f"results/{n}.csv" for n in nb.claim_inputs(page.name) if n in PAGES
+        ],
+    }
+    if page.generic:
+        inputs["epochs"] = f"results/epochs/{page.name}.csv"
+    return inputs
+
+
+def page_parameters(wildcards, input, output):
+    """Papermill parameters (-p KEY=VALUE) of a page's notebook."""
+    page = PAGES[wildcards.name]
+    values = {
+        "csv_path": input.csv,
+        "table_path": output.table,
+        "pdf_path": output.pdf,
+        "png_path": output.png,
+        "results_dir": "results",
+        "scale": config["scale"],
+        "dataset": config.get("dataset_substitute") or "",
+    }
+    if page.generic:
+        values |= {
+            "epochs_path": input.epochs,
+            "name": page.name,
+            "description": page.description,
+        }
+    return [arg for key, value in values.items() for arg in ("-p", f"{key}={value}")]
+
+
+def page_report(path, kind):
+    """A page output marked for Snakemake's report: one category per page, labelled."""
+    return report(
+        path,
+        caption=f"../report/{kind}.rst",
+        category="{name}",
+        subcategory=kind,
+        labels={"page": "{name}", "file": kind},
+    )
+
+
 localrules:
     notebook_kernel,
-    table_notebook,
-    figure_notebook,
-    report,
+    page_epochs,
+    page_notebook,
+    report_page,
 
 
 rule notebook_kernel:
@@ -43,70 +82,69 @@ rule notebook_kernel:
         "frernn report kernel --prefix {params.prefix} > {log} 2>&1"
 
 
-rule table_notebook:
+rule page_epochs:
     input:
-        notebook="notebooks/{name}.ipynb",
-        csv="results/{name}.csv",
-        kernel=rules.notebook_kernel.output,
+        config="results/workflow_config.json",
+        runs=lambda wc: PLAN.metrics_files(wc.name),
     output:
-        notebook="results/notebooks/{name}.ipynb",
-        html="results/notebooks/{name}.html",
+        "results/epochs/{name}.csv",
     log:
-        notebook="results/logs/notebooks/{name}.ipynb",
-        stderr="results/logs/notebooks/{name}.log",
+        "results/logs/aggregate/{name}.epochs.log",
     wildcard_constraints:
-        name="|".join(NOTEBOOK_TABLES),
+        name="|".join(p.name for p in PAGES.values() if p.generic) or "^$",
     conda:
         "../../envs/frernn.yaml"
-    params:
-        kernel=lambda wildcards, input: str(Path(input.kernel[0]).parents[4]),
-        notebook=NOTEBOOK_PARAMS,
     shell:
-        "frernn report notebook {input.notebook} --out {output.notebook} --html {output.html}"
-        " --log {log.notebook} --kernel-prefix {params.kernel}"
-        " -p csv_path={input.csv} {params.notebook} 2> {log.stderr}"
+        "frernn aggregate {wildcards.name} --epochs --config {input.config}"
+        " --results results --out {output} > {log} 2>&1"
 
 
-rule figure_notebook:
+rule page_notebook:
     input:
-        notebook="notebooks/{name}.ipynb",
-        csv="results/{name}.csv",
+        unpack(page_inputs),
         kernel=rules.notebook_kernel.output,
     output:
         notebook="results/notebooks/{name}.ipynb",
-        html="results/notebooks/{name}.html",
+        html=page_report("results/notebooks/{name}.html", "notebook"),
+        table=page_report("results/tables/{name}.html", "table"),
         pdf="results/figures/{name}.pdf",
-        png="results/figures/{name}.png",
+        png=page_report("results/figures/{name}.png", "figure"),
     log:
         notebook="results/logs/notebooks/{name}.ipynb",
         stderr="results/logs/notebooks/{name}.log",
     wildcard_constraints:
-        name="|".join(NOTEBOOK_FIGURES),
+        name="|".join(PAGES),
     conda:
         "../../envs/frernn.yaml"
     params:
         kernel=lambda wildcards, input: str(Path(input.kernel[0]).parents[4]),
-        notebook=NOTEBOOK_PARAMS,
+        parameters=page_parameters,
+        description=lambda wc: PAGES[wc.name].description,
     shell:
         "frernn report notebook {input.notebook} --out {output.notebook} --html {output.html}"
         " --log {log.notebook} --kernel-prefix {params.kernel}"
-        " -p csv_path={input.csv} -p pdf_path={output.pdf} -p png_path={output.png}"
-        " {params.notebook} 2> {log.stderr}"
+        " {params.parameters:q} 2> {log.stderr}"
 
 
-rule report:
+rule report_page:
     input:
+        config="results/workflow_config.json",
         runs="results/runs.csv",
-        csvs=expand("results/{name}.csv", name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES),
-        notebooks=expand(
-            "results/notebooks/{name}.html", name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES
-        ),
-        figures=expand("results/figures/{name}.png", name=NOTEBOOK_FIGURES),
+        csvs=expand("results/{name}.csv", name=PAGES),
+        tables=expand("results/tables/{name}.html", name=PAGES),
+        notebooks=expand("results/notebooks/{name}.html", name=PAGES),
+        figures=expand("results/figures/{name}.png", name=PAGES),
     output:
-        "results/report.html",
+        report(
+            "results/report.html",
+            caption="../report/report.rst",
+            category="Report",
+            labels={"page": "report", "file": "verdicts, tables and figures"},
+        ),
     log:
         "results/logs/report.log",
     conda:
         "../../envs/frernn.yaml"
     shell:
-        "frernn report html --results results --out {output} > {log} 2>&1"
+        "frernn report html --results results --config {input.config} --out {output}"
+        " > {log} 2>&1"
