@@ -57,6 +57,7 @@ def _summary(table, row, method, dataset, ours, paper, scale, substitute, **grid
         "paper_dataset": dataset,
         "substitute": bool(substitute),
         "scale": scale,
+        "run_id": f"{table}-{label}-{dataset}-" + "-".join(f"{v:g}" for v in grid.values()),
         **grid,
         "n": 2,
         "n_expected": 2,

@@ -208,3 +208,26 @@ def test_thin_keeps_evenly_spaced_points_with_both_ends():
     assert thin(axis, 2) == {"model.depth": [2, 10], "ep.T": [20, 100]}
     assert thin({"b": [1, 2, 3, 4, 5, 6, 7]}, 3) == {"b": [1, 4, 7]}
     assert thin(axis, None) == axis and thin(axis, 4) == axis
+
+
+def test_pages_come_from_the_config_with_the_generic_notebook_by_default(paper):
+    pages = paper.pages()
+    names = [p.name for p in pages]
+    assert names == [b for b, cfg in CONFIG["experiments"].items() if cfg.get("target", True)] + [
+        "fig3"
+    ]
+    assert all(p.notebook == p.name and not p.generic for p in pages)
+    assert paper.page("fig5").output == "dynamics" and "Fig. 5" in paper.page("fig5").description
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["beta_depth4"] = {"base": {"model": {"depth": 4}}}
+    config["experiments"]["fig4"]["target"] = False
+    own = experiments.build_plan(config)
+    page = own.page("beta_depth4")
+    assert page.generic and page.notebook == experiments.GENERIC_NOTEBOOK
+    assert page.output == "table" and page.description == "beta_depth4"
+    assert [p.name for p in own.pages()][-2:] == ["beta_depth4", "fig3"]
+    with pytest.raises(FrernnError, match="no table or figure 'fig4'"):
+        own.page("fig4")
+    config["experiments"]["fig2"].pop("notebook")
+    with pytest.raises(FrernnError, match="fig2: the generic notebook draws summary tables"):
+        experiments.build_plan(config)

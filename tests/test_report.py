@@ -4,25 +4,43 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 from contract_csvs import write_results
 from matplotlib.figure import Figure
 
-from frernn import claims, figures, report
+from frernn import claims, experiments, figures, report, tables
 from frernn.errors import FrernnError
 
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+PAGES = experiments.build_plan(CONFIG).pages()
 
-def _results(root: Path, **kwargs: str) -> Path:
-    """Contract CSVs plus one small real PNG per figure."""
+
+def _results(
+    root: Path, config: dict | None = None, extra: dict | None = None, **kwargs: str
+) -> Path:
+    """Contract CSVs (and ``extra`` frames by name), the workflow config, and per page the
+    table and a small real PNG that its notebook would write."""
     results = write_results(root / "results", **kwargs)
-    for name in report.FIGURES:
+    for name, frame in (extra or {}).items():
+        frame.to_csv(results / f"{name}.csv", index=False)
+    config = config or CONFIG
+    (results / "workflow_config.json").write_text(json.dumps(config))
+    for page in experiments.build_plan(config).pages():
+        data = tables.read_csv(results / f"{page.name}.csv")
+        shown = tables.comparison_table(data) if page.name in ("table1", "table2") else data
+        tables.save(shown, results / "tables" / f"{page.name}.html")
         fig = Figure(figsize=(1, 1))
         fig.subplots().plot([0, 1], [0, 1])
-        figures.save(fig, results / "figures" / f"{name}.pdf", results / "figures" / f"{name}.png")
+        png = results / "figures" / f"{page.name}.png"
+        figures.save(fig, png.with_suffix(".pdf"), png)
     return results
 
 
@@ -46,13 +64,25 @@ def test_report_page_has_banner_claims_tables_and_embedded_figures(tmp_path: Pat
     for claim, *_ in claims.CLAIMS:
         assert claim.replace("≈", "&asymp;") in page or claim in page
     assert page.count(claims.HOLDS) >= 6
-    for caption in report.TABLES.values():
-        assert caption in page
+    for p in PAGES:
+        assert f"<section id='{p.name}'><h2>{p.name}: {p.description}" in page
     assert "98.10 ± 0.10 (99.60)" in page and "98.39 ± 0.04 (100.00)" in page
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
-    assert len(images) == len(report.FIGURES)
+    assert len(images) == len(PAGES)
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert "href='notebooks/fig5.html'" in page and "href='notebooks/fig4.html'" not in page
+
+
+def test_own_block_gets_a_section_and_blocks_out_of_the_target_none(tmp_path: Path) -> None:
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["fig4"]["target"] = False
+    config["experiments"]["mine"] = {"description": "my sweep", "base": {}}
+    sweep = pd.read_csv(write_results(tmp_path / "contract") / "tableS1.csv")
+    results = _results(tmp_path, config, extra={"mine": sweep.assign(table="mine")})
+    page = report.build(results)
+    assert "<section id='mine'><h2>mine: my sweep" in page and "id='fig4'" not in page
+    assert page.index("id='mine'") < page.index("id='fig3'")
+    assert page.count("data:image/png;base64,") == len(PAGES)
 
 
 def test_compute_time_per_experiment_counts_shared_runs_once() -> None:

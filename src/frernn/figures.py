@@ -134,10 +134,10 @@ def _together(df: pd.DataFrame, a: str, b: str) -> bool:
 
 def varying(df: pd.DataFrame) -> list[str]:
     """The independent axes of a block: grid columns taking several values, zipped companions
-    dropped, plus ``row`` and ``paper_dataset`` when they vary."""
-    candidates = [c for c in ("row", "paper_dataset") if c in df and df[c].nunique() > 1]
+    dropped, then ``row`` and ``paper_dataset`` when they vary on their own."""
+    labels = [c for c in ("row", "paper_dataset") if c in df]
     kept: list[str] = []
-    for name in [*candidates, *grid_columns(df)]:
+    for name in [*grid_columns(df), *labels]:
         if df[name].nunique() > 1 and not any(_together(df, k, name) for k in kept):
             kept.append(name)
     return kept

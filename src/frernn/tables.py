@@ -174,19 +174,6 @@ def sweep_matrix(df: pd.DataFrame, index: str = "depth", columns: str = "beta") 
     return shown.style.apply(lambda _: styles, axis=None)
 
 
-def render(name: str, df: pd.DataFrame) -> Styler:
-    """The paper layout of table ``name`` (table1, table2, tableS1) from its aggregated CSV."""
-    missing = [c for c in SUMMARY_COLUMNS if c not in df.columns]
-    if missing:
-        raise FrernnError(f"{name}.csv lacks column(s): {', '.join(missing)}")
-    if name == "tableS1":
-        lacking = [c for c in ("depth", "beta") if c not in df.columns]
-        if lacking:
-            raise FrernnError(f"{name}.csv lacks column(s): {', '.join(lacking)}")
-        return sweep_matrix(df)
-    return comparison_table(df)
-
-
 def grid_columns(df: pd.DataFrame) -> list[str]:
     """A block's grid columns: those between ``run_id`` and the statistics (``n`` / ``epoch``)."""
     columns = list(df.columns)
@@ -198,14 +185,17 @@ def grid_columns(df: pd.DataFrame) -> list[str]:
 
 
 def configurations(df: pd.DataFrame) -> pd.Series:
-    """A readable name per configuration: its row label, the grid values, the dataset if several."""
-    grid = grid_columns(df)
+    """A readable name per configuration: its row label, then the grid values that vary within
+    one label, then the dataset when there are several."""
     parts = []
-    if "row" in df.columns and df["row"].notna().any():
-        parts.append(df["row"].fillna("").astype(str))
-    for name in grid:
-        label = LABELS.get(name, name)
-        parts.append(df[name].map(lambda v, label=label: f"{label}={_short(v)}"))
+    rows = df["row"].fillna("").astype(str) if "row" in df.columns else None
+    if rows is not None and (rows != "").any():
+        parts.append(rows)
+    for name in grid_columns(df):
+        spread = df.groupby(rows)[name].nunique().max() if parts else df[name].nunique()
+        if spread > 1:
+            label = LABELS.get(name, name)
+            parts.append(df[name].map(lambda v, label=label: f"{label}={_short(v)}"))
     if "paper_dataset" in df.columns and df["paper_dataset"].nunique() > 1:
         parts.append(df["paper_dataset"].map(lambda d: DATASET_LABELS.get(d, d)))
     if not parts:
