@@ -18,19 +18,23 @@ from matplotlib.patches import Rectangle
 
 from frernn.errors import FrernnError
 from frernn.io import atomic_write
-from frernn.plotstyle import PALETTE, SEQUENTIAL_CMAP, size, styled
+from frernn.plotstyle import PALETTE, SEQUENTIAL_CMAP, TEXT_WIDTH, size, styled
 from frernn.tables import LABELS, configurations, grid_columns
 
 HIGHLIGHT = "#D55E00"  # vermillion: the boxed best cell
 
 
-def panels(rows: int = 1, cols: int = 1, height: float | None = None, **kwargs) -> tuple:
-    """A figure at the paper's text width and a 2-D array of ``rows`` × ``cols`` axes
-    (``height`` in rows of panels; call ``plotstyle.use()`` first for the project style)."""
-    width = kwargs.pop("width", None)
-    figsize = size(height or rows) if width is None else size(height or rows, width=width)
-    fig = Figure(figsize=figsize)
-    return fig, fig.subplots(rows, cols, squeeze=False, **kwargs)
+def panels(
+    rows: int = 1,
+    cols: int = 1,
+    height: float | None = None,
+    width: float = TEXT_WIDTH,
+    **subplots: object,
+) -> tuple[Figure, np.ndarray]:
+    """A figure (default: the paper's text width) and a 2-D array of ``rows`` × ``cols`` axes;
+    ``height`` in rows of panels. Call ``plotstyle.use()`` first for the project style."""
+    fig = Figure(figsize=size(height or rows, width=width))
+    return fig, fig.subplots(rows, cols, squeeze=False, **subplots)
 
 
 def in_order(values: Iterable) -> list:

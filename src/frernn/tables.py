@@ -212,22 +212,29 @@ def _short(value: object) -> str:
     return str(value) if pd.isna(number) else f"{number:g}"
 
 
+def _accuracies(df: pd.DataFrame, prefix: str) -> list[str]:
+    """``mean ± std`` of the ``<prefix>_mean`` and ``<prefix>_std`` columns, row by row."""
+    return [fmt_acc(m, s) for m, s in df[[f"{prefix}_mean", f"{prefix}_std"]].to_numpy()]
+
+
+def _finished(df: pd.DataFrame) -> pd.DataFrame:
+    """The configurations with at least one finished seed (not the cited rows)."""
+    return df[pd.to_numeric(df["n"], errors="coerce") > 0]
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
     """Best- and final-epoch test accuracy (mean ± std over seeds) per configuration."""
     missing = [c for c in SUMMARY_COLUMNS if c not in df.columns]
     if missing:
         raise FrernnError(f"summary table lacks column(s): {', '.join(missing)}")
-    ours = df[pd.to_numeric(df["n"], errors="coerce") > 0]
+    ours = _finished(df)
+    seeds = ours[["n", "n_expected"]].astype(float).to_numpy()
     return pd.DataFrame(
         {
             "configuration": configurations(ours).to_numpy(),
-            "best epoch": [
-                fmt_acc(m, s) for m, s in ours[["test_best_mean", "test_best_std"]].values
-            ],
-            "final epoch": [
-                fmt_acc(m, s) for m, s in ours[["test_final_mean", "test_final_std"]].values
-            ],
-            "n": [f"{n:.0f}/{e:.0f}" for n, e in ours[["n", "n_expected"]].astype(float).values],
+            "best epoch": _accuracies(ours, "test_best"),
+            "final epoch": _accuracies(ours, "test_final"),
+            "n": [f"{n:.0f}/{expected:.0f}" for n, expected in seeds],
             "diverged": ours["diverged"].astype(int).to_numpy(),
         }
     ).set_index("configuration")
@@ -237,17 +244,12 @@ def published_beside(df: pd.DataFrame) -> pd.DataFrame:
     """The configurations the paper gives a number for: ours, published and the difference."""
     if "paper_test_mean" not in df.columns:
         return pd.DataFrame()
-    hit = df[pd.to_numeric(df["paper_test_mean"], errors="coerce").notna()]
-    hit = hit[pd.to_numeric(hit["n"], errors="coerce") > 0]
+    hit = _finished(df[pd.to_numeric(df["paper_test_mean"], errors="coerce").notna()])
     return pd.DataFrame(
         {
             "configuration": configurations(hit).to_numpy(),
-            "reproduced": [
-                fmt_acc(m, s) for m, s in hit[["test_best_mean", "test_best_std"]].values
-            ],
-            "published": [
-                fmt_acc(m, s) for m, s in hit[["paper_test_mean", "paper_test_std"]].values
-            ],
+            "reproduced": _accuracies(hit, "test_best"),
+            "published": _accuracies(hit, "paper_test"),
             "Δ": hit["diff"].map(fmt_diff).to_numpy(),
         }
     ).set_index("configuration")
