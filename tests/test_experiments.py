@@ -231,3 +231,16 @@ def test_pages_come_from_the_config_with_the_generic_notebook_by_default(paper):
     config["experiments"]["fig2"].pop("notebook")
     with pytest.raises(FrernnError, match="fig2: the generic notebook draws summary tables"):
         experiments.build_plan(config)
+
+
+def test_schema_accepts_a_notebook_name_and_refuses_a_path():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    schema = str(ROOT / "workflow/schemas/config.schema.yaml")
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["fig4"]["notebook"] = "my_fig4"
+    validate(config, schema)
+    config["experiments"]["fig4"]["notebook"] = "../elsewhere/fig4.ipynb"
+    with pytest.raises(WorkflowError, match="does not match"):
+        validate(config, schema)
