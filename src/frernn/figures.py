@@ -97,8 +97,10 @@ def _tick(value: object) -> str:
 def band(
     ax: Axes, x: pd.Series, mean: pd.Series, std: pd.Series, color: str, label: str = ""
 ) -> None:
-    """A line with a ±1 std band (a missing std, one seed, draws no band)."""
-    ax.plot(x, mean, color=color, label=label)
+    """A line with a ±1 std band (a missing std, one seed, draws no band); markers on the
+    points when there are few (a single epoch is then still visible)."""
+    marker = "o" if len(x) <= 12 else None
+    ax.plot(x, mean, color=color, label=label, marker=marker, markersize=3)
     spread = std.fillna(0)
     ax.fill_between(x, mean - spread, mean + spread, color=color, alpha=0.2, lw=0)
 
