@@ -122,14 +122,15 @@ def _fragment(path: Path) -> str:
     return path.read_text()
 
 
-def _section(results: Path, page: experiments.Page) -> str:
+def _section(results: Path, page: experiments.Page, scale: str) -> str:
     """One page of the config: heading, its notebook's table, its figure."""
     title = f"{page.name}: {page.description}"
     image = _image(results / "figures" / f"{page.name}.png")
+    caption = f"{page.name} at scale {scale}; error bars and bands: ±1 std over seeds"
     return (
         f"<section id='{page.name}'><h2>{html.escape(title)}{_link(results, page.name)}</h2>"
         f"{_fragment(results / 'tables' / f'{page.name}.html')}"
-        f"<figure>{image}<figcaption>{html.escape(title)}</figcaption></figure></section>"
+        f"<figure>{image}<figcaption>{html.escape(caption)}</figcaption></figure></section>"
     )
 
 
@@ -156,7 +157,7 @@ def build(results: str | Path, config: str | Path | None = None) -> str:
         "the paper's statistic; Δ = reproduced − published, shaded green within 2 std, "
         "orange outside; diverged = runs with a non-finite loss or a final epoch &gt;5 points "
         "below their best.</p>",
-        *(_section(results, page) for page in pages),
+        *(_section(results, page, scale) for page in pages),
         "</body></html>",
     ]
     return "\n".join(parts)
