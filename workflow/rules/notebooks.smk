@@ -3,6 +3,9 @@
 # annotations for `snakemake --report`. `rule all` asks for PAGE_TARGETS (pages.smk).
 
 
+from pathlib import Path
+
+
 include: "pages.smk"
 
 

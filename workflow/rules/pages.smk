@@ -1,8 +1,6 @@
 # The pages of the config (tables and figures) and the inputs, papermill parameters and
 # report() annotations of their notebooks; used by notebooks.smk.
 
-from pathlib import Path
-
 from frernn import notebooks as nb
 
 PAGES = {page.name: page for page in PLAN.pages()}
