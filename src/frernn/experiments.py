@@ -108,6 +108,12 @@ class Plan:
             for name, cfg in self.blocks.items()
             if cfg["target"]
         ]
+        for page in pages:
+            if page.generic and page.output != "table":
+                raise FrernnError(
+                    f"config experiments.{page.name}: the generic notebook draws summary "
+                    f"tables; output {page.output!r} needs a notebook of its own (key 'notebook')"
+                )
         graphs = self.graphs.get("description", "adjacency of the residual and an AGT graph")
         return [
             *pages,
@@ -293,15 +299,9 @@ def _expand_block(name: str, blocks: dict[str, Any], ctx: _Context, plan: Plan) 
     return cells
 
 
-def _block_defaults(name: str, block: dict[str, Any]) -> dict[str, Any]:
+def _block_defaults(block: dict[str, Any]) -> dict[str, Any]:
     """A block with its optional keys filled in: a target, a summary table, the generic page."""
-    block = {"target": True, "output": "table", "notebook": GENERIC_NOTEBOOK, **block}
-    if block["notebook"] == GENERIC_NOTEBOOK and block["output"] != "table":
-        raise FrernnError(
-            f"config experiments.{name}: the generic notebook draws summary tables; "
-            f"output {block['output']!r} needs a notebook of its own (key 'notebook')"
-        )
-    return block
+    return {"target": True, "output": "table", "notebook": GENERIC_NOTEBOOK, **block}
 
 
 def build_plan(config: dict[str, Any]) -> Plan:
@@ -319,7 +319,7 @@ def build_plan(config: dict[str, Any]) -> Plan:
         config.get("substitution", {}),
         scale_cfg.get("sweep_points"),
     )
-    blocks = {name: _block_defaults(name, block) for name, block in config["experiments"].items()}
+    blocks = {name: _block_defaults(block) for name, block in config["experiments"].items()}
     seeds = list(config["seeds"])[: scale_cfg.get("seeds", len(config["seeds"]))]
     plan = Plan(scale, substitute, seeds, blocks, graphs=dict(config.get(GRAPHS_PAGE, {})))
     plan.runtime_safety = config.get("runtime_safety", plan.runtime_safety)
