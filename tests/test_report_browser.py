@@ -122,8 +122,8 @@ def check(dom: dict, errors: list[str], names: list[str]) -> None:
     assert [s["id"] for s in dom["sections"]] == names
     assert all(s["tables"] >= 1 and s["images"] == 1 for s in dom["sections"])
     assert len(dom["verdicts"]) == len(claims.CLAIMS)
-    for claim, *_ in claims.CLAIMS:
-        assert claim in dom["claims"], claim
+    for claim in claims.CLAIMS:
+        assert claim.text in dom["claims"], claim.text
     assert not errors, errors
 
 
