@@ -92,8 +92,9 @@ def _draw(
     notebook = notebooks.repo_root(workdir) / "notebooks" / f"{page.notebook}.ipynb"
     executed = out / "notebooks" / f"{page.name}.ipynb"
     drawn = notebooks.parameters(page, out.resolve(), plan.scale, plan.substitute)
-    for key in ("table_path", "pdf_path", "png_path"):  # never a stale page of an earlier call
-        Path(drawn[key]).unlink(missing_ok=True)
+    stale = [Path(drawn[k]) for k in ("table_path", "pdf_path", "png_path")]
+    for path in [*stale, executed, executed.with_suffix(".html")]:  # none of an earlier call
+        path.unlink(missing_ok=True)
     try:
         notebooks.execute(
             notebook,
