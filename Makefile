@@ -5,11 +5,12 @@ BIN := $(CURDIR)/$(VENV)/bin
 # Snakemake's shell rules and the tests call `frernn` and `jupyter` from the venv.
 export PATH := $(BIN):$(PATH)
 
-# Debian packages: Fashion-MNIST for the offline run; Slurm and munge for the Slurm test.
+# Debian packages: Fashion-MNIST for the offline run; Slurm and munge for the Slurm test;
+# Chromium for the test that renders results/report.html in a real browser.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y
 RUN_PACKAGES := python3-venv dataset-fashion-mnist
-TEST_PACKAGES := $(RUN_PACKAGES) slurmctld slurmd munge
+TEST_PACKAGES := $(RUN_PACKAGES) slurmctld slurmd munge chromium
 
 .PHONY: setup system-run system-test test quick lint
 

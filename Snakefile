@@ -30,6 +30,9 @@ UNPACKED_RUN_IDS = "|".join(map(re.escape, PLAN.unpacked_run_ids(PACKS))) or "(?
 experiments.export_job_environment(DEVICE, DATA_DIR, config["gpu_slots"])
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/aggregate.smk"
@@ -40,4 +43,4 @@ rule all:
     default_target: True
     input:
         expand("results/{target}.csv", target=PLAN.targets(default_only=True)),
-        NOTEBOOK_TARGETS,
+        PAGE_TARGETS,

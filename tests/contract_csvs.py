@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from frernn import aggregate, stats
+from frernn import aggregate, experiments, figures, notebooks, stats, tables
 
 NAN = math.nan
 TABLE1 = [  # row, method, ours, published (test, std, train), wall seconds
@@ -85,7 +87,7 @@ def _summary(table, row, method, dataset, ours, paper, scale, substitute, **grid
         "paper_dataset": dataset,
         "substitute": bool(substitute),
         "scale": scale,
-        "run_id": f"{table}-{label}-{dataset}",
+        "run_id": f"{table}-{label}-{dataset}-" + "-".join(f"{v:g}" for v in grid.values()),
         **grid,
         "n": n,
         "n_expected": n,
@@ -331,11 +333,46 @@ def runs_table(scale: str, substitute: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def conv_corrected(table1: pd.DataFrame) -> pd.DataFrame:
+    """The conv rows of Table 1 as the corrected block, with cosines to BP measured."""
+    conv = table1[table1["row"].str.startswith("Conv")]
+    return conv.assign(
+        table="conv_corrected", align_before_conv1_mean=0.987, align_before_conv1_std=0.004
+    )
+
+
 def write_results(root: Path, scale: str = "quick", substitute: str = "") -> Path:
     """Write every aggregated CSV under ``root`` (a results directory) and return it."""
     root.mkdir(parents=True, exist_ok=True)
     frames = summary_tables(scale, substitute) | figure_data(scale, substitute)
+    frames["conv_corrected"] = conv_corrected(frames["table1"])
     frames["runs"] = runs_table(scale, substitute)
     for name, df in frames.items():
         df.to_csv(root / f"{name}.csv", index=False)
     return root
+
+
+TABLE_NOTEBOOKS = {  # how the paper's table notebooks show their table
+    "table1": tables.comparison_table,
+    "table2": tables.comparison_table,
+    "tableS1": tables.sweep_matrix,
+}
+
+
+def write_pages(results: Path, config: dict) -> None:
+    """The workflow config and, per page of it, the table fragment (with the train-accuracy note
+    where a table notebook writes one) and a small real PNG, as its notebook would write them."""
+    (results / "workflow_config.json").write_text(json.dumps(config))
+    for page in experiments.build_plan(config).pages():
+        data = tables.read_csv(results / f"{page.name}.csv")
+        fragment = results / "tables" / f"{page.name}.html"
+        if page.name in TABLE_NOTEBOOKS:
+            data = notebooks.with_reruns(data, page.name, results, str(data["scale"].iloc[0]))
+            shown = TABLE_NOTEBOOKS[page.name](data)
+            tables.save(shown, fragment, tables.train_accuracy_note(data))
+        else:
+            tables.save(data, fragment)
+        fig = Figure(figsize=(1, 1))
+        fig.subplots().plot([0, 1], [0, 1])
+        png = results / "figures" / f"{page.name}.png"
+        figures.save(fig, png.with_suffix(".pdf"), png)

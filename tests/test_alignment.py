@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from contract_csvs import write_results
-from matplotlib.figure import Figure
 from test_aggregate import cell, plan_for, write_run
 
-from frernn import aggregate, figures, report, tables
+from frernn import aggregate, experiments, report, tables
 from frernn.alignment import layer_cosines, layer_names, measure
 from frernn.data import Data, dataset_info
 from frernn.errors import FrernnError
@@ -25,6 +25,8 @@ from frernn.models.conv import ConvFRERNN
 from frernn.models.timing import TIMINGS
 from frernn.spec import resolve
 from frernn.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 INFO = dataset_info("fashion_mnist")
@@ -160,7 +162,7 @@ def test_summary_table_carries_alignment_columns_and_renders_them(tmp_path: Path
     assert "align_after_conv2_mean" not in df.columns  # never measured (None)
     layered = df[df["row"] == "2HL-512 EP"].iloc[0]
     assert math.isnan(layered["align_before_conv1_mean"])
-    shown = tables.render("table1", df).to_html()
+    shown = tables.comparison_table(df).to_html()
     assert "conv1 0.400 ± 0.200 · conv2 0.900 ± 0.000 · fc 1.000 ± 0.000" in shown
     assert "conv1 0.500 ± 0.000 · fc 0.990 ± 0.000" in shown
     assert "cos(update, BP) at init" in shown
@@ -175,18 +177,15 @@ def test_layer_order_puts_the_readout_last():
     assert tables.fmt_alignment(row, "before") == "conv2 0.200 · conv10 0.100 · fc 1.000"
 
 
-def test_report_shows_the_corrected_block_when_aggregated(tmp_path: Path):
+def test_corrected_block_is_a_generic_page_showing_its_cosines(tmp_path: Path):
+    """conv_corrected has no notebook of its own: the generic template's summary shows the
+    cosines with BP beside the accuracies, and the report gives it a section."""
+    from contract_csvs import write_pages
+
     results = write_results(tmp_path / "results")
-    for name in report.FIGURES:
-        fig = Figure(figsize=(1, 1))
-        fig.subplots().plot([0, 1], [0, 1])
-        figures.save(fig, results / "figures" / f"{name}.pdf", results / "figures" / f"{name}.png")
-    assert "id='conv_corrected'" not in report.build(results)
-    frame = pd.read_csv(results / "table1.csv")
-    frame = frame[frame["row"].str.startswith("Conv")].assign(
-        table="conv_corrected", align_before_conv1_mean=0.987, align_before_conv1_std=0.004
-    )
-    frame.to_csv(results / "conv_corrected.csv", index=False)
-    page = report.build(results)
-    assert "id='conv_corrected'" in page and "conv1 0.987 ± 0.004" in page
-    assert report.EXTRA_TABLES["conv_corrected"] in page
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert experiments.build_plan(config).page("conv_corrected").generic
+    shown = tables.summary(pd.read_csv(results / "conv_corrected.csv"))
+    assert set(shown["cos(update, BP) at init"]) == {"conv1 0.987 ± 0.004"}
+    write_pages(results, config)
+    assert "<section id='conv_corrected'>" in report.build(results)

@@ -303,3 +303,41 @@ def test_pack_cost_model(paper):
     assert paper.pack_runtime(pack, "cpu") > 4 * paper.runtime(rid, "cpu") - 20
     assert paper.pack_runtime(pack, "cuda") == paper.runtime(rid, "cuda")
     assert paper.mem_mb(rid) < paper.pack_mem_mb(pack) < 2 * paper.mem_mb(rid)
+
+
+def test_pages_come_from_the_config_with_the_generic_notebook_by_default(paper):
+    pages = paper.pages()
+    names = [p.name for p in pages]
+    assert names == [b for b, cfg in CONFIG["experiments"].items() if cfg.get("target", True)] + [
+        "fig3"
+    ]
+    assert all(p.notebook == p.name and not p.generic for p in pages if p.name != "conv_corrected")
+    assert paper.page("conv_corrected").generic  # a summary table: the generic template draws it
+    assert paper.page("fig5").output == "dynamics" and "Fig. 5" in paper.page("fig5").description
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["beta_depth4"] = {"base": {"model": {"depth": 4}}}
+    config["experiments"]["fig4"]["target"] = False
+    own = experiments.build_plan(config)
+    page = own.page("beta_depth4")
+    assert page.generic and page.notebook == experiments.GENERIC_NOTEBOOK
+    assert page.output == "table" and page.description == "beta_depth4"
+    assert [p.name for p in own.pages()][-2:] == ["beta_depth4", "fig3"]
+    with pytest.raises(FrernnError, match="no table or figure 'fig4'"):
+        own.page("fig4")
+    config["experiments"]["fig2"].pop("notebook")
+    plan = experiments.build_plan(config)  # aggregation needs no page
+    with pytest.raises(FrernnError, match="fig2: the generic notebook draws summary tables"):
+        plan.pages()
+
+
+def test_schema_accepts_a_notebook_name_and_refuses_a_path():
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    schema = str(ROOT / "workflow/schemas/config.schema.yaml")
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["fig4"]["notebook"] = "my_fig4"
+    validate(config, schema)
+    config["experiments"]["fig4"]["notebook"] = "../elsewhere/fig4.ipynb"
+    with pytest.raises(WorkflowError, match="does not match"):
+        validate(config, schema)

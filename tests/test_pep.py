@@ -270,15 +270,12 @@ def smoke_results(
 def test_report_shows_the_same_machine_comparison(tmp_path):
     """The report's P-EP section from aggregated smoke-scale tables: per family the ratios of
     time per epoch and per run, steps per sample, and Table 1 with the re-run P-EP rows."""
-    from matplotlib.figure import Figure
+    from contract_csvs import write_pages
 
-    from frernn import claims, figures, report
+    from frernn import claims, notebooks, report, tables
 
     results = smoke_results(tmp_path / "results")
-    for name in report.FIGURES:
-        fig = Figure(figsize=(1, 1))
-        fig.subplots().plot([0, 1], [0, 1])
-        figures.save(fig, results / "figures" / f"{name}.pdf", results / "figures" / f"{name}.png")
+    write_pages(results, yaml.safe_load((REPO / "config.yaml").read_text()))
     page = report.build(results)
     section = page[page.index("id='pep-speed'") :]
     section = section[: section.index("</table>")]
@@ -288,8 +285,12 @@ def test_report_shows_the_same_machine_comparison(tmp_path):
     for steps in ("15 / 120", "28 / 200", "30 / 210"):
         assert steps in section
     assert "nan" not in section.lower()
-    table1 = page[page.index("id='table1'") :]
+    table1 = page[page.index("id='table1'") :]  # the table1 notebook appends the re-run
     assert "2HL-512 P-EP matched" in table1[: table1.index("</table>")]
+    shown = notebooks.with_reruns(
+        tables.read_csv(results / "table1.csv"), "table1", results, "smoke"
+    )
+    assert shown["row"].str.endswith("P-EP matched").sum() == 3
     verdict = next(v for v in claims.evaluate(report_frames(results)) if "P-EP" in v.claim)
     assert verdict.verdict == claims.INDICATIVE and verdict.points_to == claims.HOLDS  # smoke
     assert "2HL-512: 15.0x by wall clock per run on this machine" in verdict.evidence

@@ -4,26 +4,34 @@ from __future__ import annotations
 
 import argparse
 import base64
+import copy
 import html
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from contract_csvs import write_results
-from matplotlib.figure import Figure
+import yaml
+from contract_csvs import TABLE_NOTEBOOKS, write_pages, write_results
 
-from frernn import claims, figures, report, tables
+from frernn import claims, experiments, figures, notebooks, report, tables
 from frernn.errors import FrernnError
 
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+PAGES = experiments.build_plan(CONFIG).pages()
 
-def _results(root: Path, **kwargs: str) -> Path:
-    """Contract CSVs plus one small real PNG per figure."""
+
+def _results(
+    root: Path, config: dict | None = None, extra: dict | None = None, **kwargs: str
+) -> Path:
+    """Contract CSVs (and ``extra`` frames by name), the workflow config, and per page the
+    table and a small real PNG that its notebook would write."""
     results = write_results(root / "results", **kwargs)
-    for name in report.FIGURES:
-        fig = Figure(figsize=(1, 1))
-        fig.subplots().plot([0, 1], [0, 1])
-        figures.save(fig, results / "figures" / f"{name}.pdf", results / "figures" / f"{name}.png")
+    for name, frame in (extra or {}).items():
+        frame.to_csv(results / f"{name}.csv", index=False)
+    write_pages(results, config or CONFIG)
     return results
 
 
@@ -50,14 +58,27 @@ def test_report_page_has_banner_claims_tables_and_embedded_figures(tmp_path: Pat
     assert tables.MATCH_CSS in page and tables.MISMATCH_CSS.split(";")[0] in page
     assert "-0.06 (t = -1.15, p = 0.29)" in page  # 2HL-512 BP: 98.2 ± 0.1 vs 98.26 ± 0.06
     note = "train % in brackets (its best epoch) = running: running accuracy over the epoch"
-    assert page.count(note) == len(report.TABLES)
-    for caption in report.TABLES.values():
-        assert caption in page
+    assert page.count(note) == len(TABLE_NOTEBOOKS)
+    assert report.CLAIMS_LEGEND in page and report.TABLES_LEGEND in page
+    for p in PAGES:
+        assert f"<section id='{p.name}'><h2>{html.escape(p.name + ': ' + p.description)}" in page
     assert "98.10 ± 0.10 (99.60)" in page and "98.39 ± 0.04 (100.00)" in page
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
-    assert len(images) == len(report.FIGURES)
+    assert len(images) == len(PAGES)
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
     assert "href='notebooks/fig5.html'" in page and "href='notebooks/fig4.html'" not in page
+
+
+def test_own_block_gets_a_section_and_blocks_out_of_the_target_none(tmp_path: Path) -> None:
+    config = copy.deepcopy(CONFIG)
+    config["experiments"]["fig4"]["target"] = False
+    config["experiments"]["mine"] = {"description": "my sweep", "base": {}}
+    sweep = pd.read_csv(write_results(tmp_path / "contract") / "tableS1.csv")
+    results = _results(tmp_path, config, extra={"mine": sweep.assign(table="mine")})
+    page = report.build(results)
+    assert "<section id='mine'><h2>mine: my sweep" in page and "id='fig4'" not in page
+    assert page.index("id='mine'") < page.index("id='fig3'")
+    assert page.count("data:image/png;base64,") == len(PAGES)
 
 
 def test_compute_time_per_experiment_counts_shared_runs_once() -> None:
@@ -131,7 +152,12 @@ def test_partial_report_names_failed_and_unfinished_runs(tmp_path: Path) -> None
     crashed = results / plan.run_dir(rid, 2) / "train.log"
     crashed.parent.mkdir(parents=True)
     crashed.write_text("INFO epoch 1\nTraceback (most recent call last):\nRuntimeError: boom\n")
-    status = partial.write(CONFIG, results, results / "partial", tmp_path)
+    config = copy.deepcopy(CONFIG)  # the paper notebooks draw the pages of the blocks it has
+    for name, block in config["experiments"].items():
+        block["notebook"] = name
+    kernel = tmp_path / "kernel"
+    notebooks.install_kernel(kernel)
+    status = partial.write(config, results, results / "partial", tmp_path, kernel)
     by_run = status.set_index("run")
     assert by_run.loc[f"{rid}/seed2", "status"] == "failed"
     assert by_run.loc[f"{rid}/seed2", "detail"] == "RuntimeError: boom"
@@ -145,6 +171,12 @@ def test_partial_report_names_failed_and_unfinished_runs(tmp_path: Path) -> None
     page = (results / "partial" / "report.html").read_text()
     assert "2 of" in page and "<b>1 failed</b>" in page and f"{rid}/seed2" in page
     assert "RuntimeError: boom" in page and "Not drawn: no finished run yet." in page
+    drawn = results / "partial" / "figures" / "table2.png"  # by the table2 notebook
+    assert (
+        drawn.is_file() and "5-symm EP" in (drawn.parent.parent / "tables/table2.html").read_text()
+    )
+    assert "<section id='table2'>" in page and page.count("data:image/png;base64,") == 2  # + fig3
+    assert not (results / "partial" / "figures" / "table1.png").exists()  # nothing finished
     assert not (results / "table2.csv").exists()  # the strict targets are left alone
 
 
@@ -187,16 +219,22 @@ def test_fig6_marks_the_epoch_a_seed_diverged() -> None:
 
     fig6 = figure_data()["fig6"]
     hit = (fig6["panel"] == "T-sweep") & (fig6["beta"] == 4) & (fig6["T"] == 100)
-    fig6.loc[hit & (fig6["epoch"] == 3), "diverged"] = 1
-    fig = figures.fig6_curves(fig6)
+    curve = fig6[hit].sort_values("epoch").reset_index(drop=True)
+    curve.loc[curve["epoch"] == 3, "diverged"] = 1
+    fig, axes = figures.panels(1, 1)
+    error = 100 - curve["test_acc_mean"]
+    figures.band(
+        axes[0, 0], curve["epoch"], error, curve["test_acc_std"], "k", "", curve["diverged"]
+    )
     marks = [
         line
-        for ax in fig.axes
-        for line in ax.get_lines()
+        for line in axes[0, 0].get_lines()
         if line.get_marker() == "x" and len(line.get_xdata())
     ]
     assert len(marks) == 1 and list(marks[0].get_xdata()) == [3]
     assert marks[0].get_ydata()[0] == pytest.approx(100 - (90 + 3 - 8 - 20))
+    cells = json.loads((REPO / "notebooks" / "fig6.ipynb").read_text())["cells"]
+    assert any('diverged=curve.get("diverged")' in "".join(c["source"]) for c in cells)
 
 
 def test_train_accuracy_note_says_how_it_was_measured() -> None:
@@ -212,6 +250,6 @@ def test_rows_sharing_runs_with_another_table_say_so() -> None:
     t2 = summary_tables("paper", "")["table2"]
     conv = t2["row"].str.startswith("Conv") & (t2["paper_dataset"] == "mnist")
     t2.loc[conv, "shared_with"] = "table1"
-    shown = tables.render("table2", t2).data
+    shown = tables.comparison_table(t2).data
     runs = shown[("MNIST", "runs")]
     assert set(runs[runs != ""]) == {"same runs as table1"} and (runs != "").sum() == 2

@@ -441,6 +441,33 @@ def dynamics_table(results: Results, block: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _per_epoch(found: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Test accuracy per epoch over the finished seeds ``found``: mean, std, count, the seeds
+    that diverged in that epoch (loss non-finite; a diverged run keeps its last epoch) and
+    each seed's accuracy (``seeds``, JSON)."""
+    per_epoch: dict[int, dict[int, float]] = {}
+    broke: dict[int, int] = {}
+    for seed, metrics in found.items():
+        for epoch in metrics["epochs"]:
+            per_epoch.setdefault(epoch["epoch"], {})[seed] = epoch["test_acc"]
+            if not _finite(epoch.get("loss")):
+                broke[epoch["epoch"]] = broke.get(epoch["epoch"], 0) + 1
+    rows = []
+    for epoch, accs in sorted(per_epoch.items()):
+        mean, std = stats.mean_std(list(accs.values()))
+        rows.append(
+            {
+                "epoch": epoch,
+                "test_acc_mean": mean,
+                "test_acc_std": std,
+                "n": len(accs),
+                "diverged": broke.get(epoch, 0),
+                "seeds": _by_seed(accs),
+            }
+        )
+    return rows
+
+
 def curves_table(results: Results, block: str) -> pd.DataFrame:
     """Test accuracy per epoch over seeds, one panel per row label (Fig. 6).
 
@@ -451,30 +478,24 @@ def curves_table(results: Results, block: str) -> pd.DataFrame:
     for cell in results.plan.cells[block]:
         spec = results.plan.runs[cell.run_id].spec
         found, missing = results.seeds(cell.run_id)
-        per_epoch: dict[int, dict[int, float]] = {}
-        broke: dict[int, int] = {}
-        for seed, metrics in found.items():
-            for epoch in metrics["epochs"]:
-                per_epoch.setdefault(epoch["epoch"], {})[seed] = epoch["test_acc"]
-                if not _finite(epoch.get("loss")):
-                    broke[epoch["epoch"]] = broke.get(epoch["epoch"], 0) + 1
         head = {"panel": cell.row, "depth": spec["model"]["depth"], "T": spec["ep"]["T"]}
         head |= {"K": spec["ep"]["K"], "beta": spec["ep"]["beta"]}
         basis = _seed_basis(results, cell, found, missing)
-        for epoch, accs in sorted(per_epoch.items()):
-            mean, std = stats.mean_std(list(accs.values()))
-            rows.append(
-                {
-                    **head,
-                    "epoch": epoch,
-                    "test_acc_mean": mean,
-                    "test_acc_std": std,
-                    "n": len(accs),
-                    "diverged": broke.get(epoch, 0),
-                    "seeds": _by_seed(accs),
-                    **basis,
-                }
-            )
+        rows += [{**head, **epoch, **basis} for epoch in _per_epoch(found)]
+    return pd.DataFrame(rows)
+
+
+def epochs_table(results: Results, block: str) -> pd.DataFrame:
+    """Test accuracy per epoch of every configuration of a block (the generic notebook's)."""
+    cells = results.plan.cells[block]
+    grid_columns = list(dict.fromkeys(k for c in cells for k, _ in c.grid))
+    rows = []
+    for cell in cells:
+        grid = dict(cell.grid)
+        head = {"table": block, "row": cell.row, "method": cell.method}
+        head |= {"paper_dataset": cell.paper_dataset, "run_id": cell.run_id}
+        head |= {c: grid.get(c) for c in grid_columns}
+        rows += [{**head, **epoch} for epoch in _per_epoch(results.seeds(cell.run_id)[0])]
     return pd.DataFrame(rows)
 
 
@@ -516,9 +537,15 @@ def build(
     plan: experiments.Plan,
     root: str | Path,
     reference: experiments.Plan | None = None,
+    epochs: bool = False,
 ) -> pd.DataFrame:
-    """The frame behind ``results/<target>.csv`` (``reference``: see :func:`reference_plan`)."""
+    """The frame behind ``results/<target>.csv`` (``reference``: see :func:`reference_plan`;
+    ``epochs``: a block's accuracy per epoch instead)."""
     results = Results(plan, root, reference)
+    if epochs:
+        if target not in plan.blocks:
+            raise FrernnError(f"--epochs needs an experiment block, not {target!r}")
+        return epochs_table(results, target)
     if target == "runs":
         return runs_table(results)
     if target == "fig3":
@@ -541,7 +568,7 @@ def load_config(path: str | Path) -> dict[str, Any]:
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     plan = experiments.build_plan(config)
-    frame = build(args.target, plan, args.results, reference_plan(config))
+    frame = build(args.target, plan, args.results, reference_plan(config), args.epochs)
     atomic_write(args.out, lambda tmp: frame.to_csv(tmp, index=False))
     log.info("wrote %s (%d rows)", args.out, len(frame))
     return 0
@@ -554,4 +581,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", required=True, help="workflow config (YAML or JSON)")
     parser.add_argument("--results", default="results", help="results directory (default: results)")
     parser.add_argument("--out", required=True, help="CSV to write")
+    parser.add_argument(
+        "--epochs", action="store_true", help="test accuracy per epoch of a block's configurations"
+    )
     parser.set_defaults(func=_run)

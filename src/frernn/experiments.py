@@ -19,6 +19,8 @@ from frernn.errors import FrernnError
 from frernn.models.timing import Timing
 from frernn.spec import DEFAULT_SPEC, deep_merge, format_error, resolve, run_id, run_spec_schema
 
+GENERIC_NOTEBOOK = "experiment"  # notebooks/experiment.ipynb: the template of any block
+GRAPHS_PAGE = "fig3"  # the top-level config key drawing graphs without training
 DATASET_SIZES = {  # (train, test, pixels): fixes per-job memory and the cost model
     "mnist": (60_000, 10_000, 784),
     "fashion_mnist": (60_000, 10_000, 784),
@@ -50,6 +52,21 @@ class Run:
     run_id: str
     owner: str
     spec: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Page:
+    """One table or figure: results/<name>.csv, its notebook, figure and report section."""
+
+    name: str
+    notebook: str  # notebooks/<notebook>.ipynb: a paper notebook or the generic template
+    description: str
+    output: str  # what results/<name>.csv holds (a block's ``output``, or ``graphs``)
+
+    @property
+    def generic(self) -> bool:
+        """Drawn by the generic template (summary, accuracy per epoch, sweep plot)."""
+        return self.notebook == GENERIC_NOTEBOOK
 
 
 PACK_MODES = ("none", "seeds", "shape")
@@ -152,7 +169,33 @@ class Plan:
     def targets(self, default_only: bool = False) -> list[str]:
         """Names of the aggregated CSVs: ``runs``, one per block, ``fig3``."""
         blocks = [b for b, cfg in self.blocks.items() if cfg["target"] or not default_only]
-        return ["runs", *blocks, "fig3"]
+        return ["runs", *blocks, GRAPHS_PAGE]
+
+    def pages(self) -> list[Page]:
+        """Every table and figure of the default target, in config order, then the graphs."""
+        pages = [
+            Page(name, cfg["notebook"], cfg.get("description", name), cfg["output"])
+            for name, cfg in self.blocks.items()
+            if cfg["target"]
+        ]
+        for page in pages:
+            if page.generic and page.output != "table":
+                raise FrernnError(
+                    f"config experiments.{page.name}: the generic notebook draws summary "
+                    f"tables; output {page.output!r} needs a notebook of its own (key 'notebook')"
+                )
+        graphs = self.graphs.get("description", "adjacency of the residual and an AGT graph")
+        return [
+            *pages,
+            Page(GRAPHS_PAGE, self.graphs.get("notebook", GRAPHS_PAGE), graphs, "graphs"),
+        ]
+
+    def page(self, name: str) -> Page:
+        """The page called ``name`` (a clear error for a name the config does not define)."""
+        found = {p.name: p for p in self.pages()}
+        if name not in found:
+            raise FrernnError(f"no table or figure {name!r} (one of: {', '.join(found)})")
+        return found[name]
 
     def run_ids(self, target: str) -> list[str]:
         """Run ids a target needs (``runs``: those of every default target)."""
@@ -330,6 +373,11 @@ def _expand_block(name: str, blocks: dict[str, Any], ctx: _Context, plan: Plan) 
     return cells
 
 
+def _block_defaults(block: dict[str, Any]) -> dict[str, Any]:
+    """A block with its optional keys filled in: a target, a summary table, the generic page."""
+    return {"target": True, "output": "table", "notebook": GENERIC_NOTEBOOK, **block}
+
+
 def build_plan(config: dict[str, Any]) -> Plan:
     """Expand every experiment block of a (schema-validated) workflow config."""
     scale = config["scale"]
@@ -345,12 +393,9 @@ def build_plan(config: dict[str, Any]) -> Plan:
         config.get("substitution", {}),
         scale_cfg.get("sweep_points"),
     )
-    blocks = {
-        name: {**block, "target": block.get("target", True), "output": block.get("output", "table")}
-        for name, block in config["experiments"].items()
-    }
+    blocks = {name: _block_defaults(block) for name, block in config["experiments"].items()}
     seeds = list(config["seeds"])[: scale_cfg.get("seeds", len(config["seeds"]))]
-    plan = Plan(scale, substitute, seeds, blocks, graphs=dict(config.get("fig3", {})))
+    plan = Plan(scale, substitute, seeds, blocks, graphs=dict(config.get(GRAPHS_PAGE, {})))
     if len(seeds) < len(config["seeds"]):
         plan.notes.append(
             f"scale {scale} trains seeds {seeds}, the first {len(seeds)} of seeds "

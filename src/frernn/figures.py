@@ -1,302 +1,246 @@
-"""The paper's figures redrawn from the aggregated CSVs (SPEC §6), one builder per figure."""
+"""A small plotting API for the notebooks: panels, heat maps, bands, sweeps, saving.
+
+The shared, tested pieces live here; what is particular to one figure of the paper (which
+facets, which colour for what, which cell to box) stays in that figure's notebook.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.image import AxesImage
+from matplotlib.patches import Rectangle
 
 from frernn.errors import FrernnError
 from frernn.io import atomic_write
-from frernn.plotstyle import (
-    DIVERGING_CMAP,
-    LINESTYLES,
-    MARKERS,
-    PALETTE,
-    SEQUENTIAL_CMAP,
-    size,
-    styled,
-)
-from frernn.tables import DATASET_LABELS, paper_dataset, read_csv
+from frernn.plotstyle import PALETTE, SEQUENTIAL_CMAP, TEXT_WIDTH, size, styled
+from frernn.tables import LABELS, configurations, grid_columns
 
-COLUMNS = {
-    "fig2": ("config", "step", "neuron", "activity", "change"),
-    "fig3": ("graph", "src", "dst", "kind"),
-    "fig4": ("depth", "alpha", "beta", "test_best_mean", "test_best_std"),
-    "fig5": ("feedback", "beta", "phase", "metric", "mean", "std", "n"),
-    "fig6": ("panel", "depth", "T", "K", "beta", "epoch", "test_acc_mean", "test_acc_std", "n"),
-    "figS8": ("agt_p", "test_best_mean", "test_best_std", "test_final_mean", "test_final_std"),
-}
-EDGE_KINDS = ("input", "forward", "feedback", "readout")
-FIG5_PANELS = (
-    ("test_err", "test error (%)"),
-    ("sr", "spectral radius"),
-    ("ftmle", "FTMLE"),
-    ("mle", "MLE"),
-    ("conv_time", "convergence time (steps,\nconverged samples)"),
-    ("conv_frac", "fraction converged"),
-)
+HIGHLIGHT = "#D55E00"  # vermillion: the boxed best cell
 
 
-def load(name: str, path: str | Path, scale: str | None = None) -> pd.DataFrame:
-    """Read the CSV behind figure ``name``, checking the columns its builder needs."""
-    return read_csv(path, COLUMNS[name], scale)
+def panels(
+    rows: int = 1,
+    cols: int = 1,
+    height: float | None = None,
+    width: float = TEXT_WIDTH,
+    **subplots: object,
+) -> tuple[Figure, np.ndarray]:
+    """A figure (default: the paper's text width) and a 2-D array of ``rows`` × ``cols`` axes;
+    ``height`` in rows of panels. Call ``plotstyle.use()`` first for the project style."""
+    fig = Figure(figsize=size(height or rows, width=width))
+    return fig, fig.subplots(rows, cols, squeeze=False, **subplots)
 
 
-def _in_order(values: pd.Series) -> list:
+def in_order(values: Iterable) -> list:
     """Distinct values, numerically sorted when they are numbers, else in order of appearance."""
     unique = list(dict.fromkeys(values))
-    numeric = pd.to_numeric(pd.Series(unique), errors="coerce")
-    return (
-        [unique[i] for i in np.argsort(numeric.to_numpy(), kind="stable")]
-        if numeric.notna().all()
-        else unique
-    )
+    numeric = pd.to_numeric(pd.Series(unique, dtype=object), errors="coerce")
+    if len(unique) and numeric.notna().all():
+        return [unique[i] for i in np.argsort(numeric.to_numpy(), kind="stable")]
+    return unique
 
 
-def fig2_dynamics(df: pd.DataFrame) -> Figure:
-    """Fig. 2: activity and one-step change (neuron × step) of one sample per config."""
-    configs = list(dict.fromkeys(df["config"]))
-    fig = Figure(figsize=size(2))
-    axes = fig.subplots(2, len(configs), squeeze=False, sharex="col", sharey=True)
-    change_limit = float(df["change"].abs().max()) or 1.0
-    for j, config in enumerate(configs):
-        sub = df[df["config"] == config]
-        for i, (column, limit) in enumerate((("activity", 1.0), ("change", change_limit))):
-            grid = sub.pivot_table(index="neuron", columns="step", values=column)
-            extent = (grid.columns.min() - 0.5, grid.columns.max() + 0.5)
-            image = axes[i, j].imshow(
-                grid.to_numpy(),
-                aspect="auto",
-                origin="lower",
-                cmap=DIVERGING_CMAP,
-                vmin=-limit,
-                vmax=limit,
-                extent=(*extent, grid.index.min() - 0.5, grid.index.max() + 0.5),
-                interpolation="nearest",
-            )
-            axes[i, j].grid(False)
-            if j == len(configs) - 1:
-                fig.colorbar(image, ax=axes[i, :], label=column, shrink=0.9)
-        axes[0, j].set_title(str(config))
-        axes[1, j].set_xlabel("time step")
-    axes[0, 0].set_ylabel("neuron (activity)")
-    axes[1, 0].set_ylabel("neuron (one-step change)")
-    return fig
+def colour(k: int) -> str:
+    """The ``k``-th colour of the palette (cycling)."""
+    return PALETTE[k % len(PALETTE)]
 
 
-def fig3_adjacency(df: pd.DataFrame) -> Figure:
-    """Fig. 3: adjacency matrix (source × destination) of each graph, coloured by edge kind."""
-    graphs = list(dict.fromkeys(df["graph"]))
-    fig = Figure(figsize=size(1.6))
-    axes = fig.subplots(1, len(graphs), squeeze=False)[0]
-    kinds = [k for k in EDGE_KINDS if k in set(df["kind"])] + sorted(
-        set(df["kind"]) - set(EDGE_KINDS)
-    )
-    cmap = ListedColormap(["#ffffff", *PALETTE[: len(kinds)]])
-    norm = BoundaryNorm(np.arange(len(kinds) + 2) - 0.5, cmap.N)
-    for ax, graph in zip(axes, graphs, strict=True):
-        sub = df[df["graph"] == graph]
-        nodes = _in_order(pd.concat([sub["src"], sub["dst"]]))
-        position = {node: k for k, node in enumerate(nodes)}
-        matrix = np.zeros((len(nodes), len(nodes)))
-        for src, dst, kind in sub[["src", "dst", "kind"]].itertuples(index=False):
-            matrix[position[src], position[dst]] = kinds.index(kind) + 1
-        ax.imshow(matrix, cmap=cmap, norm=norm, interpolation="nearest")
-        ticks = range(len(nodes))
-        ax.set_xticks(ticks, [str(n) for n in nodes], fontsize=5, rotation=90)
-        ax.set_yticks(ticks, [str(n) for n in nodes], fontsize=5)
-        ax.set_xlabel("to layer")
-        ax.set_ylabel("from layer")
-        ax.set_title(str(graph))
-        ax.grid(False)
-    handles = [Patch(color=cmap(k + 1), label=kind) for k, kind in enumerate(kinds)]
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(kinds))
-    return fig
+def panel_title(ax: Axes, k: int, text: str = "") -> None:
+    """``(a) text`` at the top left, as the paper labels its panels."""
+    ax.set_title(f"({chr(ord('a') + k)}) {text}".rstrip(), loc="left")
 
 
-def fig4_heatmaps(df: pd.DataFrame) -> Figure:
-    """Fig. 4: best-epoch test accuracy over α × β, one heat map per depth, best cell boxed."""
-    depths = _in_order(df["depth"])
-    fig = Figure(figsize=size(1.4))
-    axes = fig.subplots(1, len(depths), squeeze=False)[0]
-    low, high = df["test_best_mean"].min(), df["test_best_mean"].max()
-    for ax, depth in zip(axes, depths, strict=True):
-        grid = df[df["depth"] == depth].pivot_table(
-            index="alpha", columns="beta", values="test_best_mean"
-        )
-        image = ax.imshow(grid.to_numpy(), cmap=SEQUENTIAL_CMAP, vmin=low, vmax=high, aspect="auto")
-        for (r, c), value in np.ndenumerate(grid.to_numpy()):
+def heatmap(
+    ax: Axes,
+    grid: pd.DataFrame,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    cmap: str = SEQUENTIAL_CMAP,
+    annotate: str | None = "{:.1f}",
+    mark_best: bool = False,
+) -> AxesImage:
+    """``grid`` (index = rows, columns = columns) as an image, each cell labelled with its value
+    (``annotate`` format, None for none); ``mark_best`` boxes the highest cell."""
+    values = grid.to_numpy(dtype=float)
+    if not np.isfinite(values).any():
+        raise FrernnError("heat map has no finite value to show")
+    low = np.nanmin(values) if vmin is None else vmin
+    high = np.nanmax(values) if vmax is None else vmax
+    image = ax.imshow(values, cmap=cmap, vmin=low, vmax=high, aspect="auto")
+    if annotate:
+        for (r, c), value in np.ndenumerate(values):
             if np.isfinite(value):
-                light = value < (low + high) / 2
-                ax.text(
-                    c,
-                    r,
-                    f"{value:.1f}",
-                    ha="center",
-                    va="center",
-                    fontsize=5,
-                    color="white" if light else "black",
-                )
-        best = np.unravel_index(np.nanargmax(grid.to_numpy()), grid.shape)
-        ax.add_patch(
-            Rectangle((best[1] - 0.5, best[0] - 0.5), 1, 1, fill=False, lw=1.5, ec="#D55E00")
-        )
-        ax.set_xticks(range(grid.shape[1]), [f"{b:g}" for b in grid.columns])
-        ax.set_yticks(range(grid.shape[0]), [f"{a:g}" for a in grid.index])
-        ax.set_xlabel("β")
-        ax.set_ylabel("α")
-        ax.set_title(f"L = {depth:g}")
-        ax.grid(False)
-    fig.colorbar(image, ax=list(axes), label="test accuracy (%)", shrink=0.9)
-    return fig
+                dark = value < (low + high) / 2
+                text = annotate.format(value)
+                ink = "white" if dark else "black"
+                ax.text(c, r, text, ha="center", va="center", fontsize=5, color=ink)
+    if mark_best:
+        r, c = np.unravel_index(np.nanargmax(values), values.shape)
+        ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, lw=1.5, ec=HIGHLIGHT))
+    ax.set_xticks(range(values.shape[1]), [_tick(v) for v in grid.columns])
+    ax.set_yticks(range(values.shape[0]), [_tick(v) for v in grid.index])
+    ax.grid(False)
+    return image
 
 
-def fig5_diagnostics(df: pd.DataFrame) -> Figure:
-    """Fig. 5: test error, SR, FTMLE/MLE and convergence vs β, per feedback, before/after."""
-    panels = [(m, label) for m, label in FIG5_PANELS if m in set(df["metric"])]
-    rows = -(-len(panels) // 3)
-    fig = Figure(figsize=size(rows))
-    axes = fig.subplots(rows, 3, squeeze=False).ravel()
-    feedbacks = list(dict.fromkeys(df["feedback"]))
-    phases = [p for p in ("before", "after") if p in set(df["phase"])]
-    for k, (ax, (metric, label)) in enumerate(zip(axes, panels, strict=False)):
-        for f, feedback in enumerate(feedbacks):
-            for p, phase in enumerate(phases):
-                sub = df[
-                    (df["metric"] == metric) & (df["feedback"] == feedback) & (df["phase"] == phase)
-                ]
-                sub = sub.sort_values("beta")
-                if sub.empty:
-                    continue
-                ax.errorbar(
-                    sub["beta"],
-                    sub["mean"],
-                    yerr=sub["std"].fillna(0),
-                    color=PALETTE[f],
-                    ls=LINESTYLES[p],
-                    marker=MARKERS[f],
-                    capsize=2,
-                    label=f"{feedback}, {phase} training",
-                )
-        ax.set_xscale("log")
-        ax.set_xlabel("β")
-        ax.set_ylabel(label)
-        ax.set_title(f"({chr(ord('a') + k)})", loc="left")
-    for ax in axes[len(panels) :]:
-        ax.set_visible(False)
-    legend = {}  # every series once: test error exists after training only, so use all panels
-    for ax in axes[: len(panels)]:
-        legend.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
-    fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=2)
-    return fig
+def _tick(value: object) -> str:
+    """A compact tick label: numbers with %g, anything else as text."""
+    return f"{value:g}" if isinstance(value, int | float | np.number) else str(value)
 
 
-def _curves(ax: Axes, df: pd.DataFrame, by: str, label: Callable[[float], str]) -> None:
-    """Test error vs epoch, one line per value of ``by``, with a ±1 std band over seeds.
+def band(
+    ax: Axes,
+    x: pd.Series,
+    mean: pd.Series,
+    std: pd.Series,
+    color: str,
+    label: str = "",
+    diverged: pd.Series | None = None,
+) -> None:
+    """A line with a ±1 std band (a missing std, one seed, draws no band); markers on the
+    points when there are few (a single epoch is then still visible). ``diverged`` (seeds whose
+    loss became non-finite at that point; they stay in the mean) marks those points ×."""
+    marker = "o" if len(x) <= 12 else None
+    ax.plot(x, mean, color=color, label=label, marker=marker, markersize=3)
+    spread = std.fillna(0)
+    ax.fill_between(x, mean - spread, mean + spread, color=color, alpha=0.2, lw=0)
+    if diverged is not None:
+        broke = (pd.to_numeric(diverged, errors="coerce") > 0).to_numpy()
+        ax.plot(x[broke], mean[broke], "x", color=color, ms=6, mew=1.5)
 
-    A seed whose loss became non-finite stays in the mean; its last epoch is marked ×.
-    """
-    for k, value in enumerate(_in_order(df[by])):
-        sub = df[df[by] == value].sort_values("epoch")
-        error = 100 - sub["test_acc_mean"]
-        std = sub["test_acc_std"].fillna(0)
-        colour = PALETTE[k % len(PALETTE)]
-        ax.plot(sub["epoch"], error, color=colour, label=label(value))
-        ax.fill_between(sub["epoch"], error - std, error + std, color=colour, alpha=0.2, lw=0)
-        broke = sub["diverged"] > 0 if "diverged" in sub else pd.Series(False, index=sub.index)
-        ax.plot(sub["epoch"][broke], error[broke], "x", color=colour, ms=6, mew=1.5)
+
+def beside(ax: Axes, df: pd.DataFrame, labels: Iterable[str]) -> None:
+    """Best-epoch test accuracy per row: reproduced (filled, ±1 std) above published (open)."""
+    y = np.arange(len(df))
+    for k, (prefix, label) in enumerate((("test_best", "reproduced"), ("paper_test", "published"))):
+        mean = pd.to_numeric(df[f"{prefix}_mean"], errors="coerce")
+        std = pd.to_numeric(df[f"{prefix}_std"], errors="coerce").fillna(0)
+        face = colour(k) if k == 0 else "white"
+        if mean.notna().any():
+            ax.errorbar(mean, y + 0.3 * k - 0.15, xerr=std, fmt="o", color=colour(k), mfc=face,
+                        capsize=2, label=label)  # fmt: skip
+    ax.set_yticks(y, list(labels))
+    ax.set_ylim(len(df) - 0.5, -0.5)
+    ax.set_xlabel("best-epoch test accuracy (%)")
+
+
+def shared_legend(fig: Figure, axes: Iterable[Axes], ncols: int = 2) -> None:
+    """One legend under the figure holding every labelled series of ``axes`` once."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        entries.update(zip(labels, handles, strict=True))
+    if entries:
+        fig.legend(entries.values(), entries.keys(), loc="outside lower center", ncols=ncols)
+
+
+def _together(df: pd.DataFrame, a: str, b: str) -> bool:
+    """Columns ``a`` and ``b`` vary together (a zipped grid axis: depth with T and K)."""
+    return bool(
+        df.groupby(a, dropna=False)[b].nunique(dropna=False).max() == 1
+        and df.groupby(b, dropna=False)[a].nunique(dropna=False).max() == 1
+    )
+
+
+def varying(df: pd.DataFrame) -> list[str]:
+    """The independent axes of a block: grid columns taking several values, zipped companions
+    dropped, then ``row`` and ``paper_dataset`` when they vary on their own."""
+    labels = [c for c in ("row", "paper_dataset") if c in df]
+    kept: list[str] = []
+    for name in [*grid_columns(df), *labels]:
+        if df[name].nunique() > 1 and not any(_together(df, k, name) for k in kept):
+            kept.append(name)
+    return kept
+
+
+def sweep_axes(summary: pd.DataFrame) -> list[str]:
+    """The numeric independent axes of a summary table (one: line plot, two: heat map)."""
+    numeric = []
+    for name in varying(summary):
+        values = pd.to_numeric(summary[name], errors="coerce")
+        if name not in ("row", "paper_dataset") and values.notna().all():
+            numeric.append(name)
+    return numeric
+
+
+def has_sweep(summary: pd.DataFrame) -> bool:
+    """A line plot (one numeric axis, any others as series) or a heat map (exactly two) fits."""
+    axes, others = sweep_axes(summary), len(varying(summary)) - len(sweep_axes(summary))
+    return len(axes) == 1 or (len(axes) == 2 and others == 0)
+
+
+def accuracy_per_epoch(ax: Axes, epochs: pd.DataFrame) -> None:
+    """Test accuracy vs epoch, one line per configuration, ±1 std band over seeds, × where a
+    seed diverged."""
+    labelled = epochs.assign(configuration=configurations(epochs))
+    for k, (name, sub) in enumerate(labelled.groupby("configuration", sort=False)):
+        sub = sub.sort_values("epoch")
+        mean, std = sub["test_acc_mean"], sub["test_acc_std"]
+        band(ax, sub["epoch"], mean, std, colour(k), str(name), sub.get("diverged"))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("test error (%)")
+    ax.set_ylabel("test accuracy (%)")
 
 
-def fig6_curves(df: pd.DataFrame) -> Figure:
-    """Fig. 6: test error vs epoch; (a–d) one panel per β over T, (e–h) one per depth over β."""
-    sweeps = [
-        ("T-sweep", "beta", "β = {:g}", "T", "T = {:g}"),
-        ("depth-sweep", "depth", "L = {:g}", "beta", "β = {:g}"),
-    ]
-    sweeps = [s for s in sweeps if s[0] in set(df["panel"])]
-    if not sweeps:
-        raise FrernnError("fig6 data has neither a 'T-sweep' nor a 'depth-sweep' panel")
-    facets = [_in_order(df.loc[df["panel"] == s[0], s[1]]) for s in sweeps]
-    width = max(len(values) for values in facets)
-    fig = Figure(figsize=size(len(sweeps)))
-    axes = fig.subplots(len(sweeps), width, squeeze=False)
-    for r, ((name, facet, facet_label, line, line_label), values) in enumerate(
-        zip(sweeps, facets, strict=True)
-    ):
-        for c in range(width):
-            ax = axes[r, c]
-            if c >= len(values):
-                ax.set_visible(False)
-                continue
-            sub = df[(df["panel"] == name) & (df[facet] == values[c])]
-            _curves(ax, sub, line, line_label.format)
-            if c == len(values) - 1:
-                ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1))
-            ax.set_title(
-                f"({chr(ord('a') + r * width + c)}) {facet_label.format(values[c])}", loc="left"
-            )
-    return fig
-
-
-def figS8_agt(df: pd.DataFrame) -> Figure:
-    """Fig. S8: test accuracy vs AGT connection probability P (best and final epoch, ±1 std)."""
-    fig = Figure(figsize=size(1, width=3.3))
-    ax = fig.subplots()
-    probabilities = _in_order(df["agt_p"])
-    for k, dataset in enumerate(dict.fromkeys(paper_dataset(df))):
-        sub = df[paper_dataset(df) == dataset].set_index("agt_p").reindex(probabilities)
-        x = np.arange(len(probabilities)) + 0.08 * k
-        name = DATASET_LABELS.get(dataset, dataset)
+def sweep(ax: Axes, summary: pd.DataFrame) -> AxesImage | None:
+    """Best-epoch test accuracy over the numeric axis (a line per value of the other axes,
+    ±1 std) or the two numeric axes (heat map, best cell boxed) of a summary table."""
+    if not has_sweep(summary):
+        raise FrernnError("a sweep plot needs one numeric grid axis, or two and nothing else")
+    axes = sweep_axes(summary)
+    if len(axes) == 2:
+        rows, cols = axes
+        grid = summary.pivot_table(index=rows, columns=cols, values="test_best_mean")
+        image = heatmap(ax, grid, mark_best=True)
+        ax.set_xlabel(LABELS.get(cols, cols))
+        ax.set_ylabel(LABELS.get(rows, rows))
+        return image
+    (x,) = axes
+    rest = [c for c in varying(summary) if c != x]
+    groups = summary.groupby(rest, sort=False) if rest else [((), summary)]
+    for k, (key, sub) in enumerate(groups):
+        sub = sub.assign(**{x: pd.to_numeric(sub[x])}).sort_values(x)
         ax.errorbar(
-            x,
+            sub[x],
             sub["test_best_mean"],
             yerr=sub["test_best_std"].fillna(0),
-            color=PALETTE[k],
+            color=colour(k),
             marker="o",
             capsize=2,
-            label=f"{name}, best epoch",
+            label=_tick_key(rest, key),
         )
-        ax.errorbar(
-            x,
-            sub["test_final_mean"],
-            yerr=sub["test_final_std"].fillna(0),
-            color=PALETTE[k],
-            marker="o",
-            mfc="white",
-            ls="--",
-            capsize=2,
-            label=f"{name}, final epoch",
-        )
-    ax.set_xticks(range(len(probabilities)), [f"{p:g}" for p in probabilities])
-    ax.set_xlabel("connection probability P")
-    ax.set_ylabel("test accuracy (%)")
-    ax.legend()
+    if rest:
+        ax.legend(fontsize=5)
+    ax.set_xlabel(LABELS.get(x, x))
+    ax.set_ylabel("best test accuracy (%)")
+    return None
+
+
+def _tick_key(columns: list[str], key: object) -> str:
+    """Legend text of one group of a line sweep: ``depth=4, beta=0.1``."""
+    values = key if isinstance(key, tuple) else (key,)
+    return ", ".join(f"{c}={_tick(v)}" for c, v in zip(columns, values, strict=False))
+
+
+def experiment_figure(summary: pd.DataFrame, epochs: pd.DataFrame) -> Figure:
+    """The generic template's figure: (a) accuracy per epoch; (b) the sweep, when it has one."""
+    with_sweep = has_sweep(summary)
+    fig, ax = panels(1, 2 if with_sweep else 1, height=1.4)
+    accuracy_per_epoch(ax[0, 0], epochs)
+    panel_title(ax[0, 0], 0, "test accuracy per epoch (±1 std)")
+    if epochs["run_id"].nunique() <= 8:
+        ax[0, 0].legend(fontsize=5)
+    if with_sweep:
+        image = sweep(ax[0, 1], summary)
+        panel_title(ax[0, 1], 1, "best-epoch test accuracy")
+        if image is not None:
+            fig.colorbar(image, ax=ax[0, 1], label="test accuracy (%)", shrink=0.9)
     return fig
-
-
-BUILDERS: dict[str, Callable[[pd.DataFrame], Figure]] = {
-    "fig2": fig2_dynamics,
-    "fig3": fig3_adjacency,
-    "fig4": fig4_heatmaps,
-    "fig5": fig5_diagnostics,
-    "fig6": fig6_curves,
-    "figS8": figS8_agt,
-}
-
-
-@styled
-def draw(name: str, df: pd.DataFrame) -> Figure:
-    """Build figure ``name`` from its data under the project style."""
-    return BUILDERS[name](df)
 
 
 @styled

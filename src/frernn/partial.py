@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from frernn import aggregate, experiments, figures
+from frernn import aggregate, experiments, notebooks
 from frernn.errors import FrernnError
 from frernn.io import atomic_write, atomic_write_text
 
@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 FINISHED, FAILED, NOT_FINISHED = "finished", "failed", "not finished"
 ERROR_MARKS = ("Traceback (most recent call last)", "frernn: error:", "Killed", "Error")
-FIGURE_OUTPUTS = {"trajectory": "fig2", "dynamics": "fig5", "curves": "fig6"}
 
 
 def failed_in_snakemake_logs(workdir: Path) -> set[str]:
@@ -78,41 +77,72 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
-def _draw(name: str, csv: Path, out: Path) -> None:
-    """Figure ``name`` from its partial CSV; one that cannot be drawn yet is logged, skipped."""
+def has_finished(frame: pd.DataFrame) -> bool:
+    """A page's data has a finished run: rows, and where it counts seeds, one counted."""
+    if frame.empty or "n" not in frame:
+        return not frame.empty
+    return bool((pd.to_numeric(frame["n"], errors="coerce") > 0).any())
+
+
+def _draw(
+    page: experiments.Page, plan: experiments.Plan, out: Path, workdir: Path, kernel: Path | None
+) -> None:
+    """Page ``page`` drawn by its notebook from the partial CSVs under ``out``; a notebook that
+    cannot draw partial data yet is logged and skipped (its executed copy kept in out/logs)."""
+    notebook = notebooks.repo_root(workdir) / "notebooks" / f"{page.notebook}.ipynb"
+    executed = out / "notebooks" / f"{page.name}.ipynb"
+    drawn = notebooks.parameters(page, out.resolve(), plan.scale, plan.substitute)
+    stale = [Path(drawn[k]) for k in ("table_path", "pdf_path", "png_path")]
+    for path in [*stale, executed, executed.with_suffix(".html")]:  # none of an earlier call
+        path.unlink(missing_ok=True)
     try:
-        fig = figures.draw(name, figures.load(name, csv))
-    except (FrernnError, KeyError, ValueError) as exc:
-        log.warning("figure %s not drawn from partial data: %s", name, exc)
-        return
-    figures.save(fig, out / "figures" / f"{name}.pdf", out / "figures" / f"{name}.png")
+        notebooks.execute(
+            notebook,
+            executed,
+            executed.with_suffix(".html"),
+            drawn,
+            out / "logs" / "notebooks" / f"{page.name}.ipynb",
+            kernel,
+        )
+    except FrernnError as exc:
+        log.warning("page %s not drawn from partial data: %s", page.name, exc)
 
 
-def write(config: dict, results: Path, out: Path, workdir: Path) -> pd.DataFrame:
-    """Aggregate every default target from the finished runs into ``out``; the job status."""
+def write(
+    config: dict, results: Path, out: Path, workdir: Path, kernel: Path | None = None
+) -> pd.DataFrame:
+    """Aggregate every default target from the finished runs into ``out`` and draw each page
+    that has data with its notebook (kernel under ``kernel``); the job status."""
     from frernn import report
 
     plan = experiments.build_plan(config)
     reference = aggregate.reference_plan(config)
+    frames = {}
     for target in plan.targets(default_only=True):
-        frame = aggregate.build(target, plan, results, reference)
+        frames[target] = aggregate.build(target, plan, results, reference)
         path = out / f"{target}.csv"
-        if frame.empty:
+        if frames[target].empty:
             path.unlink(missing_ok=True)
             continue
-        _write_csv(path, frame)
-        if target in report.FIGURES:
-            _draw(target, path, out)
+        _write_csv(path, frames[target])
+    for page in plan.pages():
+        if not has_finished(frames[page.name]):
+            continue
+        if page.generic:
+            epochs = aggregate.build(page.name, plan, results, reference, epochs=True)
+            _write_csv(out / "epochs" / f"{page.name}.csv", epochs)
+        _draw(page, plan, out, workdir, kernel)
     status = job_status(plan, results, workdir)
     _write_csv(out / "status.csv", status)
-    atomic_write_text(out / "report.html", report.build(out, status))
+    atomic_write_text(out / "report.html", report.build(out, config, status))
     return status
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """``frernn report partial``: write RESULTS/partial/ and say how far the runs are."""
     out = args.out or args.results / "partial"
-    status = write(aggregate.load_config(args.config), args.results, out, args.workdir)
+    config = aggregate.load_config(args.config)
+    status = write(config, args.results, out, args.workdir, args.kernel_prefix)
     counts = status["status"].value_counts()
     log.info(
         "partial report %s: %d finished, %d failed, %d not finished",
@@ -133,4 +163,5 @@ def register(commands: argparse._SubParsersAction) -> None:
     page.add_argument(
         "--workdir", type=Path, default=Path("."), help="where .snakemake/log is (default: .)"
     )
+    page.add_argument("--kernel-prefix", type=Path, help="where `report kernel` installed it")
     page.set_defaults(func=run_cli)

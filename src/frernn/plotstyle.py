@@ -58,6 +58,11 @@ def styled(func: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def use() -> None:
+    """Make the project style the default of this process (a notebook's kernel)."""
+    mpl.rcParams.update(RC)
+
+
 def size(rows: int = 1, width: float = TEXT_WIDTH) -> tuple[float, float]:
     """Figure size in inches for ``rows`` rows of panels at the paper's text width."""
     return (width, ROW_HEIGHT * rows)

@@ -9,34 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from frernn import claims, figures, gating, notebooks, partial, speed, tables
+from frernn import claims, experiments, gating, notebooks, partial, speed, tables
+from frernn.aggregate import load_config
 from frernn.errors import FrernnError
 from frernn.io import atomic_write_text
 
-TABLES = {
-    "table1": "Table 1 — MNIST: FRE-RNN EP vs BP (and the cited P-EP)",
-    "table2": "Table 2 — depth, feedback symmetry, residual and AGT connections (64 units/layer)",
-    "tableS1": "Table S1 — β × depth sweep (MNIST, chain, symmetric feedback)",
-}
-EXTRA_TABLES = {  # rendered when the workflow aggregated them
-    "conv_corrected": "Conv rows of Tables 1 and 2 with the corrected timing and true BP "
-    "(the published values for comparison; Tables 1 and 2 show the runs as the notebooks "
-    "timed them)",
-}
-FIGURES = {
-    "fig2": "Fig. 2 — free-phase dynamics of one sample (L=2): activity and one-step change",
-    "fig3": "Fig. 3 — adjacency matrices of the residual net and of one AGT sample",
-    "fig4": "Fig. 4 — best-epoch test accuracy over α × β for L = 2, 3, 5",
-    "fig5": "Fig. 5 — L=3: test error, spectral radius, FTMLE/MLE and convergence vs β "
-    "(convergence time: the 1-based step count t at which the state change has stayed below "
-    "1e-6 for 3 steps, averaged over converged samples only — the original code's index is one "
-    "lower; the fraction converged is shown; seeds with no converged sample are counted in "
-    "fig5.csv's n_none)",
-    "fig6": "Fig. 6 — test error vs epoch: (a–d) T sweep per β, (e–h) β sweep per depth; "
-    "bands ±1 std; × marks an epoch in which a seed's loss became non-finite (the seed stays "
-    "in the mean)",
-    "figS8": "Fig. S8 — test accuracy vs AGT connection probability P (L=10, asymmetric)",
-}
 RUN_COLUMNS = (
     "experiment",
     "run_id",
@@ -210,38 +187,79 @@ def _progress_html(status: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def _read_all(
-    results: Path, scale: str, is_partial: bool, shown: dict[str, str]
+def _fragment(path: Path) -> str:
+    """The table a page's notebook wrote (an HTML fragment)."""
+    if not path.is_file():
+        raise FrernnError(f"missing table {path}: run the notebook that writes it")
+    return path.read_text()
+
+
+def _drawn(results: Path, page: experiments.Page, caption: str, frame: pd.DataFrame | None) -> str:
+    """A page's table and figure as its notebook wrote them; in a partial report (``frame``:
+    the page's partial data), a note where the page has no finished run yet or its notebook
+    could not draw the partial data."""
+    table, png = results / "tables" / f"{page.name}.html", results / "figures" / f"{page.name}.png"
+    is_partial = frame is not None
+    if is_partial and (frame.empty or not partial.has_finished(frame)):
+        return "<p>Not drawn: no finished run yet.</p>"
+    if is_partial and not (table.is_file() and png.is_file()):
+        return (
+            "<p>Not drawn from the partial data: its executed notebook is kept at "
+            f"logs/notebooks/{html.escape(page.name)}.ipynb.</p>"
+        )
+    figure = f"<figure>{_image(png)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+    return _fragment(table) + figure
+
+
+def _section(
+    results: Path, page: experiments.Page, scale: str, partial_data: pd.DataFrame | None
+) -> str:
+    """One page of the config: heading, its notebook's table, its figure."""
+    title = f"{page.name}: {page.description}"
+    caption = f"{page.name} at scale {scale}; error bars and bands: ±1 std over seeds"
+    return (
+        f"<section id='{page.name}'><h2>{html.escape(title)}{_link(results, page.name)}</h2>"
+        f"{_drawn(results, page, caption, partial_data)}</section>"
+    )
+
+
+def _frames(
+    results: Path, pages: list[experiments.Page], scale: str, is_partial: bool
 ) -> dict[str, pd.DataFrame]:
-    """The tables and the Fig. 5/6 data; in a partial report an absent CSV is left out."""
-    readers = {n: lambda p: tables.read_csv(p, tables.SUMMARY_COLUMNS, scale) for n in shown}
-    readers |= {n: lambda p, n=n: figures.load(n, p, scale) for n in ("fig5", "fig6")}
+    """The pages' CSVs and the P-EP re-run once it exists; in a partial report an absent CSV is
+    left out. Summary tables are checked for their columns (the other pages' notebooks check)."""
     frames = {}
-    for name, read in readers.items():
+    for name, output in [(p.name, p.output) for p in pages] + [(speed.PEP_TABLE, "table")]:
         path = results / f"{name}.csv"
-        if is_partial and not path.is_file():
+        if (is_partial or name == speed.PEP_TABLE) and not path.is_file():
             continue
-        frames[name] = read(path)
+        columns = tables.SUMMARY_COLUMNS if output == "table" else ()
+        frames[name] = tables.read_csv(path, columns, scale)
     return frames
 
 
-def build(results: str | Path, status: pd.DataFrame | None = None) -> str:
-    """The report page for the results directory ``results``.
+def build(
+    results: str | Path,
+    config: str | Path | dict | None = None,
+    status: pd.DataFrame | None = None,
+) -> str:
+    """The report page for the results directory ``results`` and the workflow config that made
+    it (a path or the config itself; default: ``results/workflow_config.json``): one section
+    per page of the config.
 
-    ``status`` (:func:`frernn.partial.job_status`) makes it a partial report: tables and figures
-    of experiments with no finished run are noted as such instead of being an error.
+    ``status`` (:func:`frernn.partial.job_status`) makes it a partial report: pages with no
+    finished run are noted as such instead of being an error.
     """
     results, is_partial = Path(results), status is not None
+    if not isinstance(config, dict):
+        config = load_config(config or results / "workflow_config.json")
+    pages = experiments.build_plan(config).pages()
     if is_partial and not (results / "runs.csv").is_file():
         scale, runs = str(status["scale"].iloc[0]), None
     else:
         runs = tables.read_csv(results / "runs.csv", RUN_COLUMNS)
         scale = scale_of(runs)
-    shown = TABLES | {n: c for n, c in EXTRA_TABLES.items() if (results / f"{n}.csv").is_file()}
-    frames = _read_all(results, scale, is_partial, shown)
-    pep_csv = results / f"{speed.PEP_TABLE}.csv"
-    if pep_csv.is_file():  # P-EP re-run (outside the default target): shown once it exists
-        frames[speed.PEP_TABLE] = tables.read_csv(pep_csv, tables.SUMMARY_COLUMNS, scale)
+    frames = _frames(results, pages, scale, is_partial)
     verdicts = claims.evaluate(frames)
     title = "reproduction report" + (" (partial)" if is_partial else "")
     parts = [
@@ -259,27 +277,9 @@ def build(results: str | Path, status: pd.DataFrame | None = None) -> str:
     if runs is not None:
         parts += ["<h2>Compute time per experiment</h2>", compute_time(runs).to_html()]
     parts.append(f"<p>{TABLES_LEGEND}</p>")
-    for name, caption in shown.items():
-        parts.append(f"<h2 id='{name}'>{html.escape(caption)}{_link(results, name)}</h2>")
-        frame = frames.get(name)
-        if frame is not None and name == "table1" and speed.PEP_TABLE in frames:
-            frame = pd.concat([frame, frames[speed.PEP_TABLE]], ignore_index=True)  # P-EP re-run
-        if frame is not None:
-            parts.append(f"<p>{html.escape(tables.train_accuracy_note(frame))}.</p>")
-            parts.append(tables.render(name, frame).to_html())
-        else:
-            parts.append("<p>No finished run yet.</p>")
-    for name, caption in FIGURES.items():
-        png = results / "figures" / f"{name}.png"
-        image = (
-            "<p>Not drawn: no finished run yet.</p>"
-            if is_partial and not png.is_file()
-            else (_image(png))
-        )
-        parts.append(
-            f"<figure id='{name}'>{image}<figcaption>{html.escape(caption)}"
-            f"{_link(results, name)}</figcaption></figure>"
-        )
+    for page in pages:
+        data = frames.get(page.name, pd.DataFrame()) if is_partial else None
+        parts.append(_section(results, page, scale, data))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -297,7 +297,7 @@ def _parameters(pairs: list[str]) -> dict[str, str]:
 
 def _cmd_html(args: argparse.Namespace) -> None:
     out = args.out or args.results / "report.html"
-    atomic_write_text(out, build(args.results))
+    atomic_write_text(out, build(args.results, args.config))
 
 
 def _cmd_notebook(args: argparse.Namespace) -> None:
@@ -317,6 +317,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     page = commands.add_parser("html", help="write the report page from a results directory")
     page.add_argument("--results", type=Path, default=Path("results"))
     page.add_argument("--out", type=Path, help="default: RESULTS/report.html")
+    page.add_argument("--config", type=Path, help="default: RESULTS/workflow_config.json")
     page.set_defaults(func=_cmd_html)
     run = commands.add_parser("notebook", help="execute a parameterised notebook with papermill")
     run.add_argument("notebook", type=Path)

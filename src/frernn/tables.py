@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from collections.abc import Iterable
@@ -11,6 +12,7 @@ import pandas as pd
 from pandas.io.formats.style import Styler
 
 from frernn.errors import FrernnError
+from frernn.io import atomic_write_text
 
 DATASET_LABELS = {"mnist": "MNIST", "cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST"}
 PAPER_DATASETS = ("mnist", "cifar10")
@@ -215,17 +217,95 @@ def sweep_matrix(df: pd.DataFrame, index: str = "depth", columns: str = "beta") 
     return shown.style.apply(lambda _: styles, axis=None)
 
 
-def render(name: str, df: pd.DataFrame) -> Styler:
-    """The paper layout of table ``name`` (table1, table2, tableS1) from its aggregated CSV."""
+def grid_columns(df: pd.DataFrame) -> list[str]:
+    """A block's grid columns: those between ``run_id`` and the statistics (``n`` / ``epoch``)."""
+    columns = list(df.columns)
+    if "run_id" not in columns:
+        return []
+    start = columns.index("run_id") + 1
+    stop = next((i for i, c in enumerate(columns) if c in ("n", "epoch") and i >= start), start)
+    return columns[start:stop]
+
+
+def configurations(df: pd.DataFrame) -> pd.Series:
+    """A readable name per configuration: its row label, then the grid values that vary within
+    one label, then the dataset when there are several."""
+    parts = []
+    rows = df["row"].fillna("").astype(str) if "row" in df.columns else None
+    if rows is not None and (rows != "").any():
+        parts.append(rows)
+    for name in grid_columns(df):
+        spread = df.groupby(rows)[name].nunique().max() if parts else df[name].nunique()
+        if spread > 1:
+            label = LABELS.get(name, name)
+            parts.append(df[name].map(lambda v, label=label: f"{label}={_short(v)}"))
+    if "paper_dataset" in df.columns and df["paper_dataset"].nunique() > 1:
+        parts.append(df["paper_dataset"].map(lambda d: DATASET_LABELS.get(d, d)))
+    if not parts:
+        return df.get("run_id", pd.Series("", index=df.index)).astype(str)
+    joined = parts[0]
+    for part in parts[1:]:
+        joined = joined.str.cat(part, sep=" ")
+    return joined.str.strip()
+
+
+def _short(value: object) -> str:
+    """A grid value as it reads in a label (``0.1``, ``4``, ``asymmetric``)."""
+    number = pd.to_numeric(value, errors="coerce")
+    return str(value) if pd.isna(number) else f"{number:g}"
+
+
+def _accuracies(df: pd.DataFrame, prefix: str) -> list[str]:
+    """``mean ± std`` of the ``<prefix>_mean`` and ``<prefix>_std`` columns, row by row."""
+    return [fmt_acc(m, s) for m, s in df[[f"{prefix}_mean", f"{prefix}_std"]].to_numpy()]
+
+
+def _finished(df: pd.DataFrame) -> pd.DataFrame:
+    """The configurations with at least one finished seed (not the cited rows)."""
+    return df[pd.to_numeric(df["n"], errors="coerce") > 0]
+
+
+def summary(df: pd.DataFrame) -> pd.DataFrame:
+    """Best- and final-epoch test accuracy (mean ± std over seeds) per configuration."""
     missing = [c for c in SUMMARY_COLUMNS if c not in df.columns]
     if missing:
-        raise FrernnError(f"{name}.csv lacks column(s): {', '.join(missing)}")
-    if name == "tableS1":
-        lacking = [c for c in ("depth", "beta") if c not in df.columns]
-        if lacking:
-            raise FrernnError(f"{name}.csv lacks column(s): {', '.join(lacking)}")
-        return sweep_matrix(df)
-    return comparison_table(df)
+        raise FrernnError(f"summary table lacks column(s): {', '.join(missing)}")
+    ours = _finished(df)
+    seeds = ours[["n", "n_expected"]].astype(float).to_numpy()
+    shown = {
+        "configuration": configurations(ours).to_numpy(),
+        "best epoch": _accuracies(ours, "test_best"),
+        "final epoch": _accuracies(ours, "test_final"),
+        "n": [f"{n:.0f}/{expected:.0f}" for n, expected in seeds],
+        "diverged": ours["diverged"].astype(int).to_numpy(),
+    }
+    if any(ALIGNMENT_COLUMN.match(c) for c in df.columns):  # measured: cosines with BP
+        for phase, field in ALIGNMENT_FIELDS.items():
+            shown[field] = [fmt_alignment(row, phase) for _, row in ours.iterrows()]
+    return pd.DataFrame(shown).set_index("configuration")
+
+
+def published_beside(df: pd.DataFrame) -> pd.DataFrame:
+    """The configurations the paper gives a number for: ours, published and, where the data can
+    be compared, the difference with Welch's t."""
+    if "paper_test_mean" not in df.columns:
+        return pd.DataFrame()
+    hit = _finished(df[pd.to_numeric(df["paper_test_mean"], errors="coerce").notna()])
+    return pd.DataFrame(
+        {
+            "configuration": configurations(hit).to_numpy(),
+            "reproduced": _accuracies(hit, "test_best"),
+            "published": _accuracies(hit, "paper_test"),
+            "Δ": [fmt_comparison(row) for _, row in hit.iterrows()],
+        }
+    ).set_index("configuration")
+
+
+def save(table: pd.DataFrame | Styler, path: str | Path, note: str = "") -> None:
+    """Write a table shown by a notebook as an HTML fragment (the report embeds it), after
+    ``note``, a line saying how to read it."""
+    head = f"<p>{html.escape(note)}.</p>\n" if note else ""
+    atomic_write_text(path, head + table.to_html())
 
 
 def provenance(scale: str, substitute: str = "") -> str:

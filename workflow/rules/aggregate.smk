@@ -4,7 +4,6 @@
 localrules:
     workflow_config,
     aggregate,
-    partial_report,
 
 
 rule workflow_config:
@@ -35,18 +34,3 @@ rule aggregate:
     shell:
         "frernn aggregate {wildcards.target} --config {input.config}"
         " --results results --out {output} > {log} 2>&1"
-
-
-# Whatever has finished, while a run goes on (`snakemake partial_report --nolock`) or after
-# `--keep-going` left failures: results/partial/{report.html,status.csv,<target>.csv}. It has no
-# output files, so it runs every time it is asked for; the strict targets above stay as they are.
-rule partial_report:
-    input:
-        config="results/workflow_config.json",
-    log:
-        "results/logs/partial_report.log",
-    conda:
-        "../../envs/frernn.yaml"
-    shell:
-        "frernn report partial --config {input.config} --results results"
-        " --out results/partial > {log} 2>&1"

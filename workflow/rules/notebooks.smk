@@ -1,36 +1,20 @@
-# Papermill notebooks that redraw every table and figure from the aggregated CSVs, and the
-# report page. Self-contained: `rule all` asks for NOTEBOOK_TARGETS.
+# One papermill notebook per page of the config (PLAN.pages(): every default-target block and
+# the Fig. 3 graphs), its figure and table, and the report page. Outputs carry report()
+# annotations for `snakemake --report`. `rule all` asks for PAGE_TARGETS (pages.smk).
+
 
 from pathlib import Path
 
-NOTEBOOK_TABLES = ["table1", "table2", "tableS1"]
-NOTEBOOK_FIGURES = ["fig2", "fig3", "fig4", "fig5", "fig6", "figS8"]
-REPORT_EXTRA_TABLES = [
-    t for t in ["conv_corrected"] if t in PLAN.targets(default_only=True)
-]
-NOTEBOOK_KERNEL = "results/notebooks/.kernel"
-NOTEBOOK_PARAMS = (
-    f"-p scale={config.get('scale', 'paper')}"
-    f" -p dataset={config.get('dataset_substitute') or ''}"
-)
 
-
-NOTEBOOK_TARGETS = [
-    *expand(
-        "results/notebooks/{name}.{ext}",
-        name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES,
-        ext=["ipynb", "html"],
-    ),
-    *expand("results/figures/{name}.{ext}", name=NOTEBOOK_FIGURES, ext=["pdf", "png"]),
-    "results/report.html",
-]
+include: "pages.smk"
 
 
 localrules:
     notebook_kernel,
-    table_notebook,
-    figure_notebook,
-    report,
+    page_epochs,
+    page_notebook,
+    report_page,
+    partial_report,
 
 
 rule notebook_kernel:
@@ -46,75 +30,90 @@ rule notebook_kernel:
         "frernn report kernel --prefix {params.prefix} > {log} 2>&1"
 
 
-rule table_notebook:
+rule page_epochs:
     input:
-        notebook="notebooks/{name}.ipynb",
-        csv="results/{name}.csv",
-        kernel=rules.notebook_kernel.output,
+        config="results/workflow_config.json",
+        runs=lambda wc: PLAN.metrics_files(wc.name),
     output:
-        notebook="results/notebooks/{name}.ipynb",
-        html="results/notebooks/{name}.html",
+        "results/epochs/{name}.csv",
     log:
-        notebook="results/logs/notebooks/{name}.ipynb",
-        stderr="results/logs/notebooks/{name}.log",
+        "results/logs/aggregate/{name}.epochs.log",
     wildcard_constraints:
-        name="|".join(NOTEBOOK_TABLES),
+        name="|".join(p.name for p in PAGES.values() if p.generic) or "^$",
     conda:
         "../../envs/frernn.yaml"
-    params:
-        kernel=lambda wildcards, input: str(Path(input.kernel[0]).parents[4]),
-        notebook=NOTEBOOK_PARAMS,
     shell:
-        "frernn report notebook {input.notebook} --out {output.notebook} --html {output.html}"
-        " --log {log.notebook} --kernel-prefix {params.kernel}"
-        " -p csv_path={input.csv} {params.notebook} 2> {log.stderr}"
+        "frernn aggregate {wildcards.name} --epochs --config {input.config}"
+        " --results results --out {output} > {log} 2>&1"
 
 
-rule figure_notebook:
+rule page_notebook:
     input:
-        notebook="notebooks/{name}.ipynb",
-        csv="results/{name}.csv",
+        unpack(page_inputs),
         kernel=rules.notebook_kernel.output,
     output:
         notebook="results/notebooks/{name}.ipynb",
-        html="results/notebooks/{name}.html",
+        html=page_report("results/notebooks/{name}.html", "notebook"),
+        table=page_report("results/tables/{name}.html", "table"),
         pdf="results/figures/{name}.pdf",
-        png="results/figures/{name}.png",
+        png=page_report("results/figures/{name}.png", "figure"),
     log:
         notebook="results/logs/notebooks/{name}.ipynb",
         stderr="results/logs/notebooks/{name}.log",
     wildcard_constraints:
-        name="|".join(NOTEBOOK_FIGURES),
+        name="|".join(PAGES),
     conda:
         "../../envs/frernn.yaml"
     params:
         kernel=lambda wildcards, input: str(Path(input.kernel[0]).parents[4]),
-        notebook=NOTEBOOK_PARAMS,
+        parameters=page_parameters,
+        description=lambda wc: PAGES[wc.name].description,
     shell:
         "frernn report notebook {input.notebook} --out {output.notebook} --html {output.html}"
         " --log {log.notebook} --kernel-prefix {params.kernel}"
-        " -p csv_path={input.csv} -p pdf_path={output.pdf} -p png_path={output.png}"
-        " {params.notebook} 2> {log.stderr}"
+        " {params.parameters:q} 2> {log.stderr}"
 
 
-rule report:
+rule report_page:
     input:
+        config="results/workflow_config.json",
         runs="results/runs.csv",
-        csvs=expand(
-            "results/{name}.csv",
-            name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES + REPORT_EXTRA_TABLES,
-        ),
-        notebooks=expand(
-            "results/notebooks/{name}.html", name=NOTEBOOK_TABLES + NOTEBOOK_FIGURES
-        ),
-        figures=expand("results/figures/{name}.png", name=NOTEBOOK_FIGURES),
+        csvs=expand("results/{name}.csv", name=PAGES),
+        tables=expand("results/tables/{name}.html", name=PAGES),
+        notebooks=expand("results/notebooks/{name}.html", name=PAGES),
+        figures=expand("results/figures/{name}.png", name=PAGES),
         # P-EP re-run (not in the default target): the report shows it once it exists
-        pep=lambda wc: [p for p in ("results/table1_pep.csv",) if Path(p).exists()],
+        reruns=lambda wc: [str(p) for p in nb.reruns("table1")],
     output:
-        "results/report.html",
+        report(
+            "results/report.html",
+            caption="../report/report.rst",
+            category="Report",
+            labels={"page": "report", "file": "verdicts, tables and figures"},
+        ),
     log:
         "results/logs/report.log",
     conda:
         "../../envs/frernn.yaml"
     shell:
-        "frernn report html --results results --out {output} > {log} 2>&1"
+        "frernn report html --results results --config {input.config} --out {output}"
+        " > {log} 2>&1"
+
+
+# Whatever has finished, while a run goes on (`snakemake partial_report --nolock`) or after
+# `--keep-going` left failures: results/partial/{report.html,status.csv,<target>.csv}, each page
+# drawn by its notebook from the partial CSVs. It has no output files, so it runs every time it
+# is asked for; the strict targets stay as they are.
+rule partial_report:
+    input:
+        config="results/workflow_config.json",
+        kernel=rules.notebook_kernel.output,
+    log:
+        "results/logs/partial_report.log",
+    conda:
+        "../../envs/frernn.yaml"
+    params:
+        kernel=lambda wildcards, input: str(Path(input.kernel[0]).parents[4]),
+    shell:
+        "frernn report partial --config {input.config} --results results"
+        " --out results/partial --kernel-prefix {params.kernel} > {log} 2>&1"
