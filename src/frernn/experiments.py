@@ -264,9 +264,11 @@ class _Context:
     substitute: str | None
     substitution: dict[str, Any]
     sweep_points: int | None = None
+    by_kind: dict[str, Any] = field(default_factory=dict)
 
     def run_spec(self, paper: dict[str, Any]) -> dict[str, Any]:
         spec = deep_merge(paper, self.scale_spec)
+        spec = deep_merge(spec, self.by_kind.get(paper["model"]["kind"], {}))
         if self.substitute:
             adapt = _merge([self.substitution.get(paper["dataset"]), {"dataset": self.substitute}])
             spec = deep_merge(spec, adapt)
@@ -344,6 +346,7 @@ def build_plan(config: dict[str, Any]) -> Plan:
         substitute,
         config.get("substitution", {}),
         scale_cfg.get("sweep_points"),
+        scale_cfg.get("by_kind", {}),
     )
     blocks = {
         name: {**block, "target": block.get("target", True), "output": block.get("output", "table")}
