@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
 from frernn import experiments
 from frernn.errors import FrernnError
@@ -176,8 +178,32 @@ def test_scales_reduce_and_are_recorded():
     assert all(r.spec["train"]["train_subset"] == 256 for r in smoke.runs.values())
     quick = plan_for(scale="quick")
     assert quick.seeds == [0, 1, 2] and len(quick.cells["table2"]) == 28
+    assert len(quick.run_ids("runs")) == 124  # 372 runs: make quick's 124 jobs with pack=seeds
+    kinds = {r.spec["model"]["kind"]: r.spec["train"]["epochs"] for r in quick.runs.values()}
+    assert kinds == {"layered": 4, "conv": 1}
     with pytest.raises(FrernnError, match="scale: 'huge' is not one of"):
         plan_for(scale="huge")
+
+
+def test_a_scale_sets_each_model_kind_apart():
+    scales = {
+        "few": {
+            "spec": {"train": {"epochs": 3, "test_subset": 500}},
+            "by_kind": {"conv": {"train": {"epochs": 1, "train_subset": 100}}},
+        }
+    }
+    plan = plan_for(scales=scales, scale="few")
+    by_kind = {kind: [] for kind in ("layered", "conv")}
+    for run in plan.runs.values():
+        by_kind[run.spec["model"]["kind"]].append(run.spec["train"])
+    assert by_kind["conv"] and by_kind["layered"]
+    assert all(t["epochs"] == 1 and t["train_subset"] == 100 for t in by_kind["conv"])
+    assert all(t["epochs"] == 3 and t["train_subset"] is None for t in by_kind["layered"])
+    assert all(t["test_subset"] == 500 for kind in by_kind.values() for t in kind)
+    schema = str(ROOT / "workflow/schemas/config.schema.yaml")
+    validate({**copy.deepcopy(CONFIG), "scales": scales}, schema)
+    with pytest.raises(WorkflowError, match="'mlp' was unexpected"):
+        validate({**copy.deepcopy(CONFIG), "scales": {"few": {"by_kind": {"mlp": {}}}}}, schema)
 
 
 def test_substitution_maps_every_dataset_and_adapts_cifar_conv():

@@ -307,9 +307,11 @@ class _Context:
     substitute: str | None
     substitution: dict[str, Any]
     sweep_points: int | None = None
+    by_kind: dict[str, Any] = field(default_factory=dict)
 
     def run_spec(self, paper: dict[str, Any]) -> dict[str, Any]:
         spec = deep_merge(paper, self.scale_spec)
+        spec = deep_merge(spec, self.by_kind.get(paper["model"]["kind"], {}))
         if self.substitute:
             adapt = _merge([self.substitution.get(paper["dataset"]), {"dataset": self.substitute}])
             spec = deep_merge(spec, adapt)
@@ -392,6 +394,7 @@ def build_plan(config: dict[str, Any]) -> Plan:
         substitute,
         config.get("substitution", {}),
         scale_cfg.get("sweep_points"),
+        scale_cfg.get("by_kind", {}),
     )
     blocks = {name: _block_defaults(block) for name, block in config["experiments"].items()}
     seeds = list(config["seeds"])[: scale_cfg.get("seeds", len(config["seeds"]))]
