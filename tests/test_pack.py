@@ -83,6 +83,12 @@ def test_train_pack_writes_what_train_writes_and_skips_finished(
     assert main(["train-pack", str(write_manifest(tmp_path / "m2.json", entries)), *data]) == 0
     assert (outs[0] / "metrics.json").stat().st_mtime_ns == before
     assert metrics_of(tmp_path / "pack2")["spec"]["model"]["depth"] == 3
+    changed = write_spec(tmp_path / "s3.yaml", seed=7)  # a finished directory, another spec
+    assert (
+        main(["train-pack", str(write_manifest(tmp_path / "m3.json", [(changed, outs[0])])), *data])
+        == 0
+    )
+    assert metrics_of(outs[0])["spec"]["seed"] == 7
 
 
 @pytest.mark.parametrize(

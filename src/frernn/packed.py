@@ -34,10 +34,12 @@ def group_by_key(members: list[tuple[dict[str, Any], Path]]) -> list[list[int]]:
     return list(groups.values())
 
 
-def finished_metrics(out: Path) -> dict[str, Any] | None:
-    """The metrics of a finished run directory (metrics.json present), else None."""
+def finished_metrics(spec: dict[str, Any], out: Path) -> dict[str, Any] | None:
+    """The metrics of a run directory that finished this very spec, else None (a directory
+    finished with another spec is trained again, as ``frernn train`` does)."""
     path = Path(out) / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    metrics = json.loads(path.read_text()) if path.exists() else None
+    return metrics if metrics is not None and metrics.get("spec") == spec else None
 
 
 class PackedTraining:
@@ -128,7 +130,7 @@ def train_pack(
     outs = [Path(out).resolve() for _, out in members]
     if len(set(outs)) != len(outs):
         raise FrernnError("train-pack: two members write the same run directory")
-    metrics: list[dict[str, Any] | None] = [finished_metrics(out) for _, out in members]
+    metrics: list[dict[str, Any] | None] = [finished_metrics(spec, out) for spec, out in members]
     with job_device(device) as name:
         torch_device = torch.device(name)
         for group in group_by_key(members):
