@@ -200,7 +200,7 @@ def _drawn(results: Path, page: experiments.Page, caption: str, frame: pd.DataFr
     could not draw the partial data."""
     table, png = results / "tables" / f"{page.name}.html", results / "figures" / f"{page.name}.png"
     is_partial = frame is not None
-    if is_partial and (frame.empty or not partial.has_finished(frame)):
+    if is_partial and not partial.has_finished(frame):
         return "<p>Not drawn: no finished run yet.</p>"
     if is_partial and not (table.is_file() and png.is_file()):
         return (
