@@ -172,9 +172,10 @@ def run_snakemake(
 
 @pytest.fixture(scope="session")
 def smoke_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The whole default target at smoke scale on Fashion-MNIST, run once per test session."""
+    """The whole default target at smoke scale on Fashion-MNIST, run once per test session, with
+    the seeds of each configuration in one job (``pack=seeds``, as ``make quick`` runs)."""
     cwd = workflow_copy(tmp_path_factory.mktemp("smoke"))
-    args = ["--cores", "2", *SMOKE_CONFIG, f"data_dir={cwd / 'data'}"]
+    args = ["--cores", "2", *SMOKE_CONFIG, f"data_dir={cwd / 'data'}", "pack=seeds"]
     proc = run_snakemake(cwd, *args, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-5000:]
     return cwd

@@ -130,8 +130,8 @@ def test_smoke_tables_through_slurm_match_local(
     slurm_cluster: SlurmCluster, smoke_pipeline: Path, tmp_path: Path
 ) -> None:
     """The smoke Table S1 with ``pack=shape`` goes through sbatch, one job per pack, and equals
-    the local one-job-per-run table; one unpacked conv job of Table 2 through sbatch writes the
-    local run's metrics (same seeds, CPU, deterministic)."""
+    the local table (packed by seeds); one unpacked conv job of Table 2 through sbatch writes
+    the local run's metrics (same seeds, CPU, deterministic)."""
     env = {k: v for k, v in slurm_cluster.env.items() if k not in SBATCH_VARS}
     data = f"data_dir={smoke_pipeline / 'data'}"
     profile = ("--profile", "slurm", *SLURM_FLAGS)
