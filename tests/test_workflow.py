@@ -76,6 +76,20 @@ def test_dry_run_packs_jobs(dry_dir, config, target, packs):
     assert counts["train_pack"] == packs and "train" not in counts and counts["aggregate"] == 1
 
 
+def test_longest_packs_are_scheduled_first(dry_dir):
+    """A pack's priority is its time limit, so the deep nets do not start last and leave a
+    core idle while they finish."""
+    config = ("--config", "device=cpu", "pack=seeds")
+    proc = snakemake(dry_dir, "-n", *config, "--", "results/tableS1.csv")
+    assert proc.returncode == 0, proc.stderr
+    jobs = re.findall(r"^rule (train_pack_\w+):\n(?:    .*\n)*?    priority: (\d+)", proc.stdout, re.M)
+    depth = {name: int(re.search(r"_L(\d+)_", name)[1]) for name, _ in jobs}
+    priority = {name: int(p) for name, p in jobs}
+    assert len(jobs) == 28 and set(depth.values()) == {2, 3, 5, 10}
+    deepest = [priority[name] for name in priority if depth[name] == 10]
+    assert min(deepest) > max(priority[name] for name in priority if depth[name] == 2)
+
+
 def test_all_holds_every_target_and_trains_nothing_twice(dry_dir):
     proc = snakemake(dry_dir, "--summary", "--config", "device=cpu")
     assert proc.returncode == 0, proc.stderr

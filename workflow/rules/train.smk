@@ -53,6 +53,7 @@ for pack in PACKS:
         conda:
             "../../envs/frernn.yaml"
         threads: config["threads"]
+        priority: PLAN.pack_runtime(pack, DEVICE)  # longest first: no long pack left for the end
         resources:
             **({"gpu": 1} if DEVICE == "cuda" else {}),
             mem_mb=PLAN.pack_mem_mb(pack),
