@@ -37,6 +37,7 @@ rule train:
 
 for pack in PACKS:
     members = PLAN.pack_members(pack)
+    runtime = PLAN.pack_runtime(pack, DEVICE)
 
     rule:
         name:
@@ -53,11 +54,11 @@ for pack in PACKS:
         conda:
             "../../envs/frernn.yaml"
         threads: config["threads"]
-        priority: PLAN.pack_runtime(pack, DEVICE)  # longest first: no long pack left for the end
+        priority: runtime  # longest first: no long pack left running alone at the end
         resources:
             **({"gpu": 1} if DEVICE == "cuda" else {}),
             mem_mb=PLAN.pack_mem_mb(pack),
-            runtime=PLAN.pack_runtime(pack, DEVICE),
+            runtime=runtime,
         params:
             members=members,
             manifest=f"results/logs/packs/{pack.pack_id}.manifest.json",
